@@ -1,0 +1,6 @@
+"""`python -m gdlab` runs the same app as the `gdlab` console script."""
+
+from gdlab.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The tutorial's matrix exercise: L = ||W x||^2 with both W and x trained."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gdlab.objectives.base import Objective, Params, positive_int
+
+
+class MatrixNorm(Objective):
+    """Squared norm of a matrix-vector product; its minimum 0 is reached on a whole set."""
+
+    name = "matrix"
+    minimum = 0.0
+
+    def __init__(self, rows: int = 3, cols: int = 4) -> None:
+        self.rows = positive_int("objective.rows", rows)
+        self.cols = positive_int("objective.cols", cols)
+
+    def init_params(
+        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    ) -> Params:
+        W = torch.randn(self.rows, self.cols, generator=generator, device=device, dtype=dtype)
+        x = torch.randn(self.cols, generator=generator, device=device, dtype=dtype)
+        return {"W": W, "x": x}
+
+    def loss(self, params: Params) -> Tensor:
+        y = params["W"] @ params["x"]
+        return (y * y).sum()
+
+    def grad(self, params: Params) -> Params:
+        W, x = params["W"], params["x"]
+        y = W @ x
+        return {"W": 2.0 * torch.outer(y, x), "x": 2.0 * (W.T @ y)}

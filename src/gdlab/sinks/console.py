@@ -1,0 +1,65 @@
+"""Progress bar while training (on a terminal only) and one summary line at the end."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+from gdlab.events import LogRecord, RunInfo, RunResult
+
+
+def format_params(params: dict, limit: int = 4) -> str:
+    """Short `name=value` text for parameters with a few numbers; larger ones by shape."""
+    parts = []
+    for name, value in params.items():
+        if value.numel() == 1:
+            parts.append(f"{name}={value.item():.6g}")
+        elif value.numel() <= limit:
+            parts.append(f"{name}=[{', '.join(f'{v:.4g}' for v in value.reshape(-1).tolist())}]")
+        else:
+            parts.append(f"{name}: {tuple(value.shape)}")
+    return ", ".join(parts)
+
+
+def summary_line(result: RunResult) -> str:
+    """The one line a user reads at the end of a run."""
+    where = f" ({result.stop_reason})" if result.stop_reason else ""
+    text = (
+        f"{result.status} after {result.steps} steps{where}: loss {result.final_loss:.6g}, "
+        f"grad_norm {result.grad_norm:.3g}"
+    )
+    if result.distance_to_minimizer is not None:
+        text += f", distance to minimiser {result.distance_to_minimizer:.3g}"
+    return f"{text}; {format_params(result.params)}"
+
+
+class ConsoleSink:
+    """tqdm bar advanced at log points; quiet when the stream is not a terminal."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.bar: tqdm | None = None
+        self.position = 0
+
+    def start(self, info: RunInfo) -> None:
+        if self.enabled:
+            self.bar = tqdm(
+                total=info.steps, desc=info.objective, unit="step", file=self.stream, leave=False
+            )
+
+    def log(self, record: LogRecord) -> None:
+        if self.bar is not None:
+            self.bar.update(record.step - self.position)
+            self.position = record.step
+            self.bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+
+    def finish(self, result: RunResult) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

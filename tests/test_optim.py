@@ -1,0 +1,132 @@
+"""Update rules and schedules equal torch.optim's, step for step, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gdlab.errors import GdlabError
+from gdlab.optim import SGDSettings, UpdateRule
+from gdlab.schedules import make_schedule
+
+
+def loss_of(params: list[torch.Tensor], A: torch.Tensor) -> torch.Tensor:
+    """A non-trivial smooth loss over two tensors (matrix-vector product plus a quartic)."""
+    W, x = params
+    y = W @ x
+    return (y * y).sum() + 0.01 * (x**4).sum() + (A * W).sum()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"lr": 0.01},
+        {"lr": 0.01, "momentum": 0.9},
+        {"lr": 0.01, "momentum": 0.9, "dampening": 0.3},
+        {"lr": 0.01, "momentum": 0.9, "nesterov": True},
+        {"lr": 0.01, "weight_decay": 0.01},
+        {"lr": 0.01, "momentum": 0.8, "nesterov": True, "weight_decay": 0.05},
+    ],
+    ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_update_rule_equals_torch_sgd(settings: dict) -> None:
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    start = [
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    ]
+    ours = [t.clone().requires_grad_(True) for t in start]
+    theirs = [t.clone().requires_grad_(True) for t in start]
+    rule = UpdateRule(SGDSettings(**settings))
+    reference = torch.optim.SGD(theirs, **settings)
+    for _ in range(25):
+        loss_of(ours, A).backward()
+        with torch.no_grad():
+            rule.step(ours, settings["lr"])
+        for p in ours:
+            p.grad.zero_()
+        reference.zero_grad()
+        loss_of(theirs, A).backward()
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_clipping_equals_clip_grad_norm() -> None:
+    gen = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    start = [
+        torch.randn(3, 4, generator=gen, dtype=torch.float64) * 3,
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    ]
+    ours = [t.clone().requires_grad_(True) for t in start]
+    theirs = [t.clone().requires_grad_(True) for t in start]
+    rule = UpdateRule(SGDSettings(lr=0.01, momentum=0.5, clip_norm=1.0))
+    reference = torch.optim.SGD(theirs, lr=0.01, momentum=0.5)
+    for _ in range(10):
+        loss_of(ours, A).backward()
+        with torch.no_grad():
+            rule.step(ours, 0.01)
+        for p in ours:
+            p.grad = None
+        reference.zero_grad()
+        loss_of(theirs, A).backward()
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "make_reference"),
+    [
+        ("constant", {}, lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)),
+        (
+            "step",
+            {"step_size": 7, "gamma": 0.5},
+            lambda opt: torch.optim.lr_scheduler.StepLR(opt, 7, 0.5),
+        ),
+        (
+            "exponential",
+            {"gamma": 0.97},
+            lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.97),
+        ),
+        (
+            "cosine",
+            {"min_lr": 0.01},
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 40, eta_min=0.01),
+        ),
+    ],
+)
+def test_schedules_equal_torch_schedulers(name: str, kwargs: dict, make_reference) -> None:
+    ours = make_schedule(name, 0.3, 40, **kwargs)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+    reference = make_reference(opt)
+    for t in range(40):
+        assert ours(t) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        opt.step()
+        reference.step()
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"lr": 0.0}, "optimizer.lr"),
+        ({"lr": float("inf")}, "optimizer.lr"),
+        ({"lr": 0.1, "momentum": 1.0}, "optimizer.momentum"),
+        ({"lr": 0.1, "momentum": -0.1}, "optimizer.momentum"),
+        ({"lr": 0.1, "nesterov": True}, "optimizer.nesterov"),
+        ({"lr": 0.1, "weight_decay": -1.0}, "optimizer.weight_decay"),
+        ({"lr": 0.1, "clip_norm": 0.0}, "optimizer.clip_norm"),
+    ],
+)
+def test_bad_settings_name_the_key(settings: dict, key: str) -> None:
+    with pytest.raises(GdlabError, match=key.replace(".", r"\.")):
+        SGDSettings(**settings)
+
+
+def test_unknown_schedule_lists_the_allowed_ones() -> None:
+    with pytest.raises(GdlabError, match="allowed: constant, step, cosine, exponential"):
+        make_schedule("linear", 0.1, 10)

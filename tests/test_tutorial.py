@@ -1,0 +1,128 @@
+"""The autograd tutorial's worked examples, run through gdlab, give the tutorial's numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gdlab.objectives.linear_regression import LinearRegression
+from tests.conftest import read_metrics
+
+
+def test_descent_1d_reaches_the_minimum(run_config) -> None:
+    result, run_dir = run_config("experiment=descent_1d")
+    x = result.params["x"].item()
+    assert result.steps == 50
+    assert abs(x - 3.0) < 1e-3
+    assert abs(result.final_loss - 5.0) < 1e-5
+    assert read_metrics(run_dir)["status"] == "finished"
+
+
+def test_quadratic_trajectory_equals_the_closed_form(run_config) -> None:
+    # x_{t+1} - c = (1 - 2 a lr) (x_t - c), so x_T = c + (1 - 2 a lr)^T (x0 - c).
+    a, c, lr, x0, steps = 1.5, -2.0, 0.05, 4.0, 40
+    result, _ = run_config(
+        "objective=quadratic",
+        f"objective.a={a}",
+        f"objective.c={c}",
+        f"objective.x0={x0}",
+        f"optimizer.lr={lr}",
+        f"trainer.steps={steps}",
+        "device.dtype=float64",
+        "trainer.tol=0",
+    )
+    expected = c + (1 - 2 * a * lr) ** steps * (x0 - c)
+    assert result.params["x"].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_regression_recovers_w_and_b(run_config) -> None:
+    result, _ = run_config("experiment=linear_regression")
+    assert abs(result.params["w"].item() - 3.0) < 0.15
+    assert abs(result.params["b"].item() - 2.0) < 0.15
+    assert result.status == "finished" and result.steps == 200
+
+
+def test_regression_minibatches_are_seeded(run_config) -> None:
+    first, _ = run_config("experiment=linear_regression", "objective.batch_size=10")
+    again, _ = run_config("experiment=linear_regression", "objective.batch_size=10")
+    other, _ = run_config(
+        "experiment=linear_regression", "objective.batch_size=10", "trainer.seed=1"
+    )
+    assert torch.equal(first.params["w"], again.params["w"])
+    assert not torch.equal(first.params["w"], other.params["w"])
+    assert abs(first.params["w"].item() - 3.0) < 0.3
+
+
+def test_regression_with_more_features(run_config) -> None:
+    result, _ = run_config(
+        "objective=linear_regression",
+        "objective.n_features=3",
+        "objective.n_samples=500",
+        "optimizer.lr=0.1",
+        "trainer.steps=300",
+    )
+    assert result.params["w"].shape == (3,)
+    torch.testing.assert_close(result.params["w"], torch.full((3,), 3.0), atol=0.1, rtol=0)
+
+
+def test_regression_converges_to_least_squares(run_config) -> None:
+    result, _ = run_config(
+        "objective=linear_regression",
+        "optimizer.lr=0.1",
+        "trainer.steps=2000",
+        "device.dtype=float64",
+        "trainer.tol=1e-10",
+    )
+    assert result.status == "converged"
+    objective = LinearRegression()
+    objective.setup(torch.device("cpu"), torch.float64)
+    assert result.distance_to_minimizer < 1e-8
+    assert result.final_loss == pytest.approx(objective.minimum, rel=1e-10)
+
+
+def test_exercise_2d_converges_to_the_origin(run_config) -> None:
+    result, run_dir = run_config("experiment=exercise_2d")
+    assert result.status == "converged"
+    assert torch.linalg.vector_norm(result.params["v"]).item() < 1e-5
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "converged"
+    assert metrics["steps"] < 500
+    assert metrics["grad_norm"] < 1e-6
+
+
+def test_saddle_ends_diverged_not_crashed(run_config) -> None:
+    result, run_dir = run_config("experiment=saddle")
+    assert result.status == "diverged"
+    assert 0 < result.steps < 1000
+    metrics = read_metrics(run_dir)
+    assert metrics["status"] == "diverged"
+    assert metrics["steps"] == result.steps
+    assert "divergence_bound" in metrics["stop_reason"]
+
+
+def test_lr_beyond_two_over_L_diverges_with_non_finite_loss(run_config) -> None:
+    # f'' = 2, so lr > 1 oscillates with growing amplitude; overflow ends it
+    result, run_dir = run_config(
+        "optimizer.lr=1.5",
+        "trainer.steps=2000",
+        "trainer.divergence_bound=1e300",
+        "device.dtype=float32",
+    )
+    assert result.status == "diverged"
+    metrics = read_metrics(run_dir)
+    assert metrics["final_loss"] is None or not math.isfinite(result.final_loss)
+
+
+def test_matrix_exercise_descends_to_zero(run_config) -> None:
+    result, run_dir = run_config("experiment=matrix")
+    assert result.params["W"].shape == (3, 4) and result.params["x"].shape == (4,)
+    assert result.final_loss < 1e-6
+    assert read_metrics(run_dir)["params"]["W"][0].__len__() == 4
+
+
+def test_set_to_none_gives_the_same_run(run_config) -> None:
+    zeroed, _ = run_config("experiment=linear_regression", "trainer.zero_grad=zero")
+    nulled, _ = run_config("experiment=linear_regression", "trainer.zero_grad=set_to_none")
+    assert torch.equal(zeroed.params["w"], nulled.params["w"])
