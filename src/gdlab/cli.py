@@ -1,35 +1,84 @@
-"""The `gdlab` command: a thin Hydra entry point over `experiment.run_experiment`."""
+"""The `gdlab` command: a thin Hydra entry point over `experiment.run_experiment`.
+
+User mistakes (a bad override, an unknown option, a missing GPU, a corrupt checkpoint) end as
+one line on stderr and exit code 2; set HYDRA_FULL_ERROR=1 to see the traceback instead.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from gdlab.config import config_dir
 from gdlab.errors import GdlabError
-from gdlab.experiment import run_experiment
+from gdlab.interrupts import GracefulInterrupt
+from gdlab.resume import AlreadyFinished, prepare_resume
 from gdlab.sinks.console import summary_line
+from gdlab.usage import describe
 
 log = logging.getLogger("gdlab")
+USAGE_ERROR = 2
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def app(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
     try:
-        result = run_experiment(cfg, run_dir)
+        run_job(cfg, hydra_cfg)
     except GdlabError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweep records this job as failed and goes on
         print(f"gdlab: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(USAGE_ERROR)
+
+
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """One run: resume if asked, train, report; exits 130/143 when interrupted by a signal."""
+    from gdlab.experiment import run_experiment  # after Hydra has parsed the command line
+
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    state = None
+    if cfg.trainer.resume is not None:
+        # Hydra has just written the resume command's own config into the run directory;
+        # put back the config of the run itself.
+        saved = run_dir / str(hydra_cfg.output_subdir)
+        try:
+            cfg, state, overrides = prepare_resume(Path(cfg.trainer.resume), overrides)
+        except AlreadyFinished as done:
+            (saved / "config.yaml").write_text(done.config_yaml)
+            OmegaConf.save(OmegaConf.create(done.overrides), saved / "overrides.yaml")
+            log.info("gdlab: %s", done)
+            return
+        OmegaConf.save(cfg, saved / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), saved / "overrides.yaml")
+    with GracefulInterrupt() as interrupt:
+        result = run_experiment(
+            cfg, run_dir, resume_state=state, overrides=overrides, interrupt=interrupt
+        )
     log.info("gdlab: %s", summary_line(result))
     log.info("gdlab: run directory %s", run_dir)
+    if result.status == "interrupted":
+        log.info("gdlab: continue with: gdlab trainer.resume=%s", run_dir)
+        sys.exit(interrupt.exit_code)  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 def main() -> None:
     """Console-script entry point (`gdlab`, `python -m gdlab`)."""
-    app()
+    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
+    try:
+        app()
+    except Exception as err:
+        message = None if show_tracebacks else describe(err)
+        if message is None:
+            raise
+        print(f"gdlab: error: {message}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gdlab.errors import GdlabError
+
 
 class DeviceType(Enum):
     cpu = "cpu"
@@ -63,6 +65,8 @@ class TrainerConfig:
     divergence_bound: float = 1e8  # diverged when a parameter's norm exceeds this
     zero_grad: ZeroGrad = ZeroGrad.zero
     progress: bool | None = None  # null: a progress bar only on a terminal
+    checkpoint_every: int | None = 1000  # also at the end and on Ctrl-C/SIGTERM; null: end only
+    resume: str | None = None  # a run directory to continue, in place
 
 
 @dataclass
@@ -74,6 +78,7 @@ class DeviceConfig:
 @dataclass
 class LoggerConfig:
     tensorboard: bool = True
+    plots: bool = True  # PNG plots in the run directory (and TensorBoard images), drawn at the end
 
 
 @dataclass
@@ -93,12 +98,26 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parents[2] / "configs")
 
 
+def run_dir_for(resume: str | None, new_dir: str) -> str:
+    """hydra.run.dir: a new directory, or with `trainer.resume=DIR` the run being resumed.
+
+    Checked here, before Hydra creates the directory, so a mistyped path creates nothing.
+    """
+    if resume is None:
+        return new_dir
+    if not (Path(resume) / "checkpoint.pt").is_file():
+        raise GdlabError(f"trainer.resume={resume}: no run directory with a checkpoint.pt there")
+    return str(resume)
+
+
 def register_configs() -> None:
     """Register the schemas and resolvers; safe to call more than once."""
     ConfigStore.instance().store(name="gdlab_schema", node=GdlabConfig)
     if not OmegaConf.has_resolver("gdlab.pid"):
         # Part of the run directory's name, so two runs started in the same second never share one.
         OmegaConf.register_new_resolver("gdlab.pid", lambda: str(os.getpid()), use_cache=True)
+    if not OmegaConf.has_resolver("gdlab.run_dir"):
+        OmegaConf.register_new_resolver("gdlab.run_dir", run_dir_for)
 
 
 register_configs()

@@ -26,6 +26,7 @@ class RunInfo:
     log_every: int
     config_yaml: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
+    start_step: int = 0  # > 0 when the run continues from a checkpoint
 
 
 @dataclass
@@ -44,7 +45,7 @@ class LogRecord:
 class RunResult:
     """How a run ended; `steps` counts the updates applied."""
 
-    status: str  # "finished", "converged" or "diverged"
+    status: str  # "finished", "converged", "diverged" or "interrupted"
     steps: int
     final_loss: float
     grad_norm: float

@@ -8,7 +8,6 @@ It knows Hydra only through the config it is handed, so tests and notebooks call
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
+from gdlab.checkpoint import save_checkpoint
 from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
@@ -27,7 +26,13 @@ from gdlab.optim import SGDSettings, UpdateRule
 from gdlab.schedules import make_schedule
 from gdlab.sinks.console import ConsoleSink
 from gdlab.sinks.metrics import MetricsSink
-from gdlab.trainer import BatchSampler, Trainer, TrainerSettings, default_log_every
+from gdlab.trainer import (
+    BatchSampler,
+    StopRequest,
+    Trainer,
+    TrainerSettings,
+    default_log_every,
+)
 
 log = logging.getLogger("gdlab")
 
@@ -68,15 +73,14 @@ def objective_name(objective: Objective) -> str:
     return getattr(objective, "name", "") or type(objective).__name__.lower()
 
 
-def make_loss_fn(
+def make_sampler(
     objective: Objective, generator: torch.Generator, device: torch.device
-) -> Callable[[Params], Tensor]:
-    """Full-batch `loss(params)`, or a closure that feeds it seeded mini-batches."""
+) -> BatchSampler | None:
+    """A seeded mini-batch sampler when the objective asks for mini-batches, else None."""
     n, batch_size = getattr(objective, "n_samples", None), getattr(objective, "batch_size", None)
     if n is None or batch_size is None or batch_size >= n:
-        return objective.loss
-    sampler = BatchSampler(n, batch_size, generator, device)
-    return lambda params: objective.loss(params, sampler.next())
+        return None
+    return BatchSampler(n, batch_size, generator, device)
 
 
 def main_hparams(cfg: DictConfig, objective: str) -> dict[str, Any]:
@@ -91,8 +95,18 @@ def main_hparams(cfg: DictConfig, objective: str) -> dict[str, Any]:
     }
 
 
-def build(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
-    """Turn a composed config into a ready-to-run experiment; sinks write into `run_dir`."""
+def build(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    interrupt: StopRequest | None = None,
+) -> Experiment:
+    """Turn a composed config into a ready-to-run experiment; sinks write into `run_dir`.
+
+    `overrides` (the command line that composed `cfg`) go into checkpoints, so a resumed run
+    can be composed again the same way; `interrupt` lets a signal stop the run cleanly.
+    """
     device, device_note = resolve_device(enum_value(cfg.device.type))
     dtype = resolve_dtype(enum_value(cfg.device.dtype))
     t = cfg.trainer
@@ -104,6 +118,10 @@ def build(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
         raise GdlabError(f"trainer.tol={t.tol} must be >= 0 (0 turns convergence off)")
     if not t.divergence_bound > 0:
         raise GdlabError(f"trainer.divergence_bound={t.divergence_bound} must be > 0")
+    if t.checkpoint_every is not None and t.checkpoint_every < 1:
+        raise GdlabError(
+            f"trainer.checkpoint_every={t.checkpoint_every} must be >= 1 (or null: at the end only)"
+        )
 
     objective = build_objective(cfg.objective)
     objective.setup(device, dtype)
@@ -139,6 +157,7 @@ def build(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
         tol=t.tol,
         divergence_bound=t.divergence_bound,
         set_to_none=enum_value(t.zero_grad) == "set_to_none",
+        checkpoint_every=t.checkpoint_every,
     )
 
     name = objective_name(objective)
@@ -152,8 +171,14 @@ def build(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
         hparams=main_hparams(cfg, name),
     )
     sinks = make_sinks(cfg, run_dir)
+    checkpoint = None
+    if run_dir is not None:
+        config_yaml, saved_overrides = info.config_yaml, list(overrides)
+        checkpoint = lambda state: save_checkpoint(  # noqa: E731
+            run_dir, {**state, "config_yaml": config_yaml, "overrides": saved_overrides}
+        )
     trainer = Trainer(
-        make_loss_fn(objective, generator, device),
+        objective.loss,
         params,
         rule,
         schedule,
@@ -161,6 +186,9 @@ def build(cfg: DictConfig, run_dir: Path | None = None) -> Experiment:
         sinks=sinks,
         minimizer=getattr(objective, "minimizer", None),
         minimum=getattr(objective, "minimum", None),
+        sampler=make_sampler(objective, generator, device),
+        checkpoint=checkpoint,
+        interrupt=interrupt,
     )
     return Experiment(objective, params, trainer, info, device_note, sinks)
 
@@ -183,15 +211,31 @@ def make_sinks(cfg: DictConfig, run_dir: Path | None) -> list[Sink]:
     return sinks
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path | None = None) -> RunResult:
-    """Build and run one experiment; sinks are closed even when the run fails."""
-    experiment = build(cfg, run_dir)
+def run_experiment(
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    *,
+    resume_state: dict[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    interrupt: StopRequest | None = None,
+) -> RunResult:
+    """Build and run one experiment (continuing `resume_state` if given); sinks always close."""
+    experiment = build(cfg, run_dir, overrides=overrides, interrupt=interrupt)
+    if resume_state is not None:
+        try:
+            experiment.trainer.load_state_dict(resume_state)
+        except (ValueError, RuntimeError) as err:
+            raise GdlabError(
+                f"trainer.resume: the checkpoint does not fit this run ({err})"
+            ) from None
+        experiment.info.start_step = experiment.trainer.start_step
     log.info(
-        "gdlab: %s on %s, %s, %d steps",
+        "gdlab: %s on %s, %s, %d steps%s",
         experiment.info.objective,
         experiment.device_note,
         experiment.info.dtype,
         experiment.info.steps,
+        f", resuming at step {experiment.info.start_step}" if resume_state is not None else "",
     )
     try:
         for sink in experiment.sinks:

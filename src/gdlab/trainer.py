@@ -13,6 +13,10 @@ gradient norm and parameters back to the host once, hands them to the sinks, and
 stop rules: converged when the gradient norm falls below `tol`, diverged when the loss or a
 parameter is not finite or a parameter's norm exceeds `divergence_bound`. Between log points
 nothing is read back, so a CUDA run never waits on the host.
+
+Every `checkpoint_every` steps, at the end, and when an interrupt is requested, the trainer
+hands its state (step, parameters, momentum buffers, mini-batch RNG) to a checkpoint callback;
+`load_state_dict` puts it back so the continued run is the uninterrupted one, bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -38,6 +43,13 @@ class TrainerSettings:
     tol: float = 0.0
     divergence_bound: float = 1e8
     set_to_none: bool = False
+    checkpoint_every: int | None = None
+
+
+class StopRequest(Protocol):
+    """Anything with a `requested` attribute that becomes truthy when the run should stop."""
+
+    requested: Any
 
 
 class BatchSampler:
@@ -63,6 +75,19 @@ class BatchSampler:
         self._position += self.batch_size
         return self._order[start : self._position]  # type: ignore[index]
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "order": None if self._order is None else self._order.cpu(),
+            "position": self._position,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        order = state["order"]
+        self._order = None if order is None else order.to(self.device)
+        self._position = int(state["position"])
+
 
 def default_log_every(steps: int, points: int = 1000) -> int:
     """Every step for short runs, about `points` points per curve for long ones."""
@@ -70,11 +95,15 @@ def default_log_every(steps: int, points: int = 1000) -> int:
 
 
 class Trainer:
-    """Runs manual SGD on `params` (leaf tensors) for an objective's `loss`."""
+    """Runs manual SGD on `params` (leaf tensors) for an objective's `loss`.
+
+    `loss_fn(params)` is the full-batch loss; with a `sampler`, training steps call
+    `loss_fn(params, indices)` on mini-batches while the final point uses the full batch.
+    """
 
     def __init__(
         self,
-        loss_fn: Callable[[Params], Tensor],
+        loss_fn: Callable[..., Tensor],
         params: Params,
         rule: UpdateRule,
         schedule: Schedule,
@@ -82,11 +111,18 @@ class Trainer:
         sinks: Sequence[Sink] = (),
         minimizer: Params | None = None,
         minimum: float | None = None,
+        sampler: BatchSampler | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        interrupt: StopRequest | None = None,
     ) -> None:
         for name, p in params.items():
             if not (p.is_leaf and p.requires_grad):
                 raise ValueError(f"parameter {name!r} must be a leaf tensor with requires_grad")
-        self.loss_fn = loss_fn
+        self.full_loss_fn = loss_fn
+        if sampler is None:
+            self.loss_fn: Callable[[Params], Tensor] = loss_fn
+        else:
+            self.loss_fn = lambda p: loss_fn(p, sampler.next())
         self.params = params
         self.rule = rule
         self.schedule = schedule
@@ -94,18 +130,27 @@ class Trainer:
         self.sinks = list(sinks)
         self.minimizer = minimizer
         self.minimum = minimum
+        self.sampler = sampler
+        self.checkpoint = checkpoint
+        self.interrupt = interrupt
+        self.start_step = 0
+        self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
 
     def run(self) -> RunResult:
         params, settings = self.params, self.settings
         tensors = list(params.values())
-        loss_fn, schedule, rule = self.loss_fn, self.schedule, self.rule
+        loss_fn, schedule, rule, interrupt = self.loss_fn, self.schedule, self.rule, self.interrupt
         log_every, set_to_none = settings.log_every, settings.set_to_none
+        checkpoint_every = settings.checkpoint_every if self.checkpoint else None
 
         start = time.perf_counter()
         verdict: tuple[str, str] | None = None
         record: LogRecord | None = None
-        step = 0
-        for step in range(settings.steps):
+        step = self.start_step
+        for step in range(self.start_step, settings.steps):
+            if interrupt is not None and interrupt.requested:
+                verdict = ("interrupted", f"stopped by a signal after {step} steps")
+                break
             loss = loss_fn(params)
             loss.backward()
             lr = schedule(step)
@@ -121,19 +166,24 @@ class Trainer:
                     p.grad = None
                 else:
                     p.grad.zero_()  # type: ignore[union-attr]
+            if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                self._save(step + 1, "running", start)
         else:
             step = settings.steps
             # Evaluate the final parameters too, so every curve ends at the last point.
-            loss = loss_fn(params)
-            loss.backward()
-            record = self._observe(step, loss, schedule(step))
+            record = self._final_point(step, log=True)
             verdict = self._verdict(record)
+        if verdict is not None and verdict[0] == "interrupted":
+            # Not a log point of the uninterrupted run: measure it without logging it.
+            record = self._final_point(step, log=False)
         assert record is not None
         for p in tensors:
             p.grad = None
-        wall = time.perf_counter() - start
 
         status, reason = verdict if verdict is not None else ("finished", None)
+        wall = self.elapsed_before + time.perf_counter() - start
+        if self.checkpoint:
+            self._save(step, status, start)
         result = RunResult(
             status=status,
             steps=step,
@@ -149,7 +199,13 @@ class Trainer:
             sink.finish(result)
         return result
 
-    def _observe(self, step: int, loss: Tensor, lr: float) -> LogRecord:
+    def _final_point(self, step: int, log: bool) -> LogRecord:
+        """Loss and gradient of the full batch at the current parameters."""
+        loss = self.full_loss_fn(self.params)
+        loss.backward()
+        return self._observe(step, loss, self.schedule(step), log=log)
+
+    def _observe(self, step: int, loss: Tensor, lr: float, log: bool = True) -> LogRecord:
         """Read loss, gradient norm and small parameters back to the host: one sync."""
         with torch.no_grad():
             grads = [
@@ -167,8 +223,9 @@ class Trainer:
             }
         self._param_norm = param_value
         record = LogRecord(step, loss_value, grad_value, lr, small)
-        for sink in self.sinks:
-            sink.log(record)
+        if log:
+            for sink in self.sinks:
+                sink.log(record)
         return record
 
     def _verdict(self, record: LogRecord) -> tuple[str, str] | None:
@@ -199,3 +256,34 @@ class Trainer:
                 for k, v in self.minimizer.items()
             )
         return math.sqrt(total)
+
+    def _save(self, step: int, status: str, session_start: float) -> None:
+        assert self.checkpoint is not None
+        state = self.state_dict(step, status)
+        state["elapsed_s"] = self.elapsed_before + time.perf_counter() - session_start
+        self.checkpoint(state)
+
+    def state_dict(self, step: int, status: str) -> dict[str, Any]:
+        """What a checkpoint holds: enough to continue exactly where the run stands."""
+        return {
+            "step": step,
+            "status": status,
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "momentum_buffers": self.rule.state_dict()["momentum_buffers"],
+            "sampler": None if self.sampler is None else self.sampler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: same parameters, buffers, RNG and step."""
+        with torch.no_grad():
+            for name, p in self.params.items():
+                if name not in state["params"] or state["params"][name].shape != p.shape:
+                    raise ValueError(f"checkpoint has no parameter {name!r} of shape {p.shape}")
+                p.copy_(state["params"][name])
+        device = next(iter(self.params.values())).device
+        buffers = [None if b is None else b.to(device) for b in state["momentum_buffers"]]
+        self.rule.load_state_dict({"momentum_buffers": buffers})
+        if self.sampler is not None and state.get("sampler") is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.start_step = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -52,6 +52,17 @@ class TensorBoardSink:
         self.writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def start(self, info: RunInfo) -> None:
+        if info.start_step > 0:
+            # A resumed run: TensorBoard hides what the interrupted session logged from this
+            # step on, so the curve continues without duplicated points.
+            self.writer.add_event(
+                Event(
+                    wall_time=time.time(),
+                    step=info.start_step,
+                    session_log=SessionLog(status=SessionLog.START),
+                )
+            )
+            return
         if info.config_yaml:
             indented = "\n".join("    " + line for line in info.config_yaml.splitlines())
             self.add_summary(text_summary("config", indented), step=0)

@@ -1,0 +1,90 @@
+"""Checkpoints: everything needed to continue a run, written atomically, loaded safely.
+
+A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
+`torch.load(weights_only=True)`: no pickled code runs when a file is read. It is written to a
+temporary file in the run directory, fsynced, then renamed over `checkpoint.pt`, so a crash
+at any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gdlab.errors import GdlabError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "gdlab-checkpoint"
+VERSION = 1
+#: statuses a run can be resumed from; the others mean the run is over
+RESUMABLE = ("running", "interrupted")
+REQUIRED = {
+    "format": str,
+    "version": int,
+    "step": int,
+    "status": str,
+    "params": dict,
+    "momentum_buffers": list,
+    "config_yaml": str,
+    "overrides": list,
+}
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Atomically write `state` (plus format tag and version) as `run_dir/checkpoint.pt`."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories can't be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """Read and check `run_dir/checkpoint.pt`; any problem is one line naming the file."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not Path(run_dir).is_dir():
+        raise GdlabError(f"trainer.resume={run_dir}: no such run directory")
+    if not path.is_file():
+        raise GdlabError(f"trainer.resume={run_dir}: no {CHECKPOINT_NAME} in that directory")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or a pickle that is not plain data
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GdlabError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise GdlabError(f"{path} is not a gdlab checkpoint")
+    for key, kind in REQUIRED.items():
+        if not isinstance(state.get(key), kind):
+            raise GdlabError(
+                f"{path} is damaged: field {key!r} is missing or not a {kind.__name__}"
+            )
+    if state["version"] > VERSION:
+        raise GdlabError(
+            f"{path} was written by a newer gdlab (checkpoint version {state['version']})"
+        )
+    return state
