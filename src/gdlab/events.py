@@ -26,7 +26,8 @@ class RunInfo:
     log_every: int
     config_yaml: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
-    start_step: int = 0  # > 0 when the run continues from a checkpoint
+    resumed: bool = False  # the run continues from a checkpoint ...
+    start_step: int = 0  # ... taken after this many steps
 
 
 @dataclass

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdlab.checkpoint import RESUMABLE, load_checkpoint
 from gdlab.errors import GdlabError
+from gdlab.usage import describe
 
 #: config paths that define the problem: a checkpoint of one problem can't continue another
 PROBLEM_KEYS = ("objective", "device.dtype")
@@ -55,7 +56,16 @@ def prepare_resume(
         raise AlreadyFinished(state)
     original = OmegaConf.create(state["config_yaml"])
     overrides = [*state["overrides"], *without_resume(current_overrides)]
-    cfg = compose(config_name=config_name, overrides=[*overrides, f"trainer.resume={run_dir}"])
+    try:
+        cfg = compose(config_name=config_name, overrides=[*overrides, f"trainer.resume={run_dir}"])
+    except Exception as err:
+        reason = describe(err)
+        if reason is None:
+            raise
+        raise GdlabError(
+            f"trainer.resume={run_dir}: the run's overrides plus this command's do not compose "
+            f"({reason}); a checkpointed run keeps its problem"
+        ) from None
     for key in PROBLEM_KEYS:
         if as_text(OmegaConf.select(original, key)) != as_text(OmegaConf.select(cfg, key)):
             raise GdlabError(

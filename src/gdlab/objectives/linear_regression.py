@@ -66,9 +66,12 @@ class LinearRegression(Objective):
         noise = torch.randn(n, generator=gen, device=device, dtype=dtype) * self.noise_std
         w_true = torch.tensor(self.true_w, device=device, dtype=dtype)
         self.y = self.X @ w_true + self.true_b + noise
-        # Ordinary least squares on [X, 1] in float64: the point gradient descent should reach.
-        design = torch.cat([self.X, torch.ones(n, 1, device=device, dtype=dtype)], dim=1).double()
-        solution = torch.linalg.lstsq(design.cpu(), self.y.double().cpu().unsqueeze(1)).solution
+        # Ordinary least squares on [X, 1] in float64 through the normal equations: a small
+        # Cholesky solve gives the same bits every time (LAPACK's lstsq does not, threaded).
+        design = torch.cat([self.X, torch.ones(n, 1, device=device, dtype=dtype)], dim=1)
+        design = design.double().cpu()
+        gram, moment = design.T @ design, design.T @ self.y.double().cpu()
+        solution = torch.cholesky_solve(moment.unsqueeze(1), torch.linalg.cholesky(gram))
         solution = solution.squeeze(1).to(device=device, dtype=dtype)
         self.minimizer = {"w": solution[:d], "b": solution[d:]}
         self.minimum = float(self.loss(self.minimizer))
