@@ -112,7 +112,12 @@ def run_dir_for(resume: str | None, new_dir: str) -> str:
 
 def register_configs() -> None:
     """Register the schemas and resolvers; safe to call more than once."""
+    from gdlab.objectives.nodes import register_help_resolver, register_objective_configs
+
     ConfigStore.instance().store(name="gdlab_schema", node=GdlabConfig)
+    # objective=NAME for every entry point in gdlab.objectives, plugins included (no YAML needed)
+    register_objective_configs(config_dir())
+    register_help_resolver(config_dir())
     if not OmegaConf.has_resolver("gdlab.pid"):
         # Part of the run directory's name, so two runs started in the same second never share one.
         OmegaConf.register_new_resolver("gdlab.pid", lambda: str(os.getpid()), use_cache=True)

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab.checkpoint import save_checkpoint
 from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
+from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import SGDSettings, UpdateRule
 from gdlab.schedules import make_schedule
@@ -55,22 +54,13 @@ def enum_value(value: Any) -> str:
 
 
 def build_objective(node: DictConfig) -> Objective:
-    """Instantiate the objective from its config node, turning constructor errors into one line."""
-    if node is None or "_target_" not in node:
-        raise GdlabError("objective has no _target_: choose one with objective=<name>")
-    try:
-        return instantiate(node, _convert_="all")
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, GdlabError):
-            raise cause from None
-        if isinstance(cause, TypeError):
-            raise GdlabError(f"objective ({node._target_}): {cause}") from None
-        raise
+    """Instantiate the objective from its config node; user and plugin mistakes are one line."""
+    return objectives.build_objective(node)
 
 
 def objective_name(objective: Objective) -> str:
-    return getattr(objective, "name", "") or type(objective).__name__.lower()
+    """The registry's name for the objective (plugins included), else its class's."""
+    return objectives.registered_name(objective)
 
 
 def make_sampler(
@@ -124,12 +114,14 @@ def build(
         )
 
     objective = build_objective(cfg.objective)
-    objective.setup(device, dtype)
+    objectives.setup_objective(objective, device, dtype)  # setup() is optional
     generator = torch.Generator(device=device).manual_seed(int(t.seed))
+    initial = objectives.checked_init_params(objective, generator, device, dtype)
     params = {
         name: value.detach().to(device=device, dtype=dtype).requires_grad_(True)
-        for name, value in objective.init_params(generator, device, dtype).items()
+        for name, value in initial.items()
     }
+    objectives.check_loss(objective, params, device)  # a scalar on the run's device, or one line
 
     opt = cfg.optimizer
     rule = UpdateRule(
