@@ -156,7 +156,7 @@ def test_each_member_equals_its_plain_run(name: str, dtype: str) -> None:
 
 
 def test_minibatch_order_follows_each_members_seed() -> None:
-    overrides, columns = CASES["linear_regression_minibatch"]
+    overrides = CASES["linear_regression_minibatch"][0]
     cfg = compose_config(["trainer.progress=false", *overrides, "device.dtype=float64"])
     result = from_config(cfg, {"lr": [0.01] * 3, "seed": [0, 1, 0]}).run()
     same, other = result.member(0).params["w"], result.member(1).params["w"]
