@@ -306,12 +306,12 @@ def last_logged_point(job_dir: Path) -> tuple[int, float] | None:
     files = sorted(Path(job_dir).glob("events.out.tfevents.*"))
     if not files:
         return None
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
     last: tuple[int, float] | None = None
     for path in files:
         try:
-            for event in EventFileLoader(str(path)).Load():
+            for event in LegacyEventFileLoader(str(path)).Load():  # raw: simple_value kept
                 for value in event.summary.value:
                     if value.tag == "train/loss" and (last is None or event.step >= last[0]):
                         last = (int(event.step), float(value.simple_value))

@@ -41,7 +41,7 @@ def threads_per_job(launcher: Any, cpus: int, env: dict[str, str] | None = None)
     if "JoblibLauncher" in target:
         workers = min(joblib_workers(_get(launcher, "n_jobs"), cpus), cpus)
         return max(1, cpus // workers)
-    if "Submitit" in target and env.get("SLURM_CPUS_PER_TASK", "").isdigit():
+    if "submitit" in target.lower() and env.get("SLURM_CPUS_PER_TASK", "").isdigit():
         return max(1, int(env["SLURM_CPUS_PER_TASK"]))
     return None
 

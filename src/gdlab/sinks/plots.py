@@ -316,7 +316,14 @@ class PlotSink:
 # --------------------------------------------------------------------------- the sweep's lr plot
 
 
-def draw_lr_plot(rows: Sequence[JobRow], path: Path, lr_key: str = "optimizer.lr") -> Path:
+def draw_lr_plot(rows: Sequence[JobRow], path: Path) -> Path:
+    """lr.png of a sweep (see `lr_figure`)."""
+    path = Path(path)
+    path.write_bytes(png_bytes(lr_figure(rows)))
+    return path
+
+
+def lr_figure(rows: Sequence[JobRow], lr_key: str = "optimizer.lr") -> Figure:
     """Final loss against learning rate, log axes, one line per setting of the other swept
     keys; diverged jobs marked with a red x (at the top edge when their loss is not finite)."""
     from gdlab.sweep import varying_keys
@@ -358,6 +365,4 @@ def draw_lr_plot(rows: Sequence[JobRow], path: Path, lr_key: str = "optimizer.lr
     ax.set_title("final loss against learning rate")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=7)
-    path = Path(path)
-    path.write_bytes(png_bytes(figure))
-    return path
+    return figure

@@ -1,0 +1,129 @@
+"""Parallel (joblib) and cluster (submitit) launchers, the Optuna search, torch thread limits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gdlab.sweep import collect_jobs
+from gdlab.threads import joblib_workers, threads_per_job, usable_cpus
+from tests.conftest import read_metrics, run_cli
+
+JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+SUBMITIT = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "cpus", "threads"),
+    [(2, 16, 8), (4, 2, 1), (-1, 16, 1), (-2, 16, 1), (1, 16, 16), (3, 8, 2), (None, 8, 8)],
+)
+def test_joblib_jobs_share_the_cores(n_jobs, cpus, threads) -> None:
+    assert threads_per_job({**JOBLIB, "n_jobs": n_jobs}, cpus) == threads
+
+
+def test_other_launchers_keep_torch_defaults_except_under_slurm() -> None:
+    basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    assert threads_per_job(basic, 16) is None
+    assert threads_per_job(None, 16) is None
+    assert threads_per_job(SUBMITIT, 16, env={}) is None
+    assert threads_per_job(SUBMITIT, 16, env={"SLURM_CPUS_PER_TASK": "4"}) == 4
+    assert joblib_workers(-1, 8) == 8 and joblib_workers(-3, 8) == 6
+
+
+def check_sweep(sweep_dir: Path, n_jobs: int, steps: int) -> list[dict]:
+    """Every job's event files and metrics intact, and a summary row for each."""
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert len(job_dirs) == n_jobs
+    for job in job_dirs:
+        metrics = read_metrics(job)
+        assert metrics["status"] in {"finished", "converged"}
+        events = EventAccumulator(str(job), size_guidance={"scalars": 0})
+        events.Reload()
+        points = events.Scalars("train/loss")
+        assert [p.step for p in points] == list(range(metrics["steps"] + 1))
+        assert points[-1].value == pytest.approx(metrics["final_loss"])
+        assert events.Scalars("final/loss")[-1].value == pytest.approx(metrics["final_loss"])
+    table = list(csv.DictReader(io.StringIO((sweep_dir / "summary.csv").read_text())))
+    assert sorted(r["job"] for r in table) == [p.name for p in job_dirs]
+    assert [r["rank"] for r in table] == [str(i) for i in range(1, n_jobs + 1)]
+    losses = [float(r["excess_loss"]) for r in table]
+    assert losses == sorted(losses)
+    assert all(int(r["steps"]) <= steps for r in table)
+    return table
+
+
+@pytest.mark.slow
+def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path: Path) -> None:
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=0.02,0.1,0.3,0.5",
+        "trainer.steps=30",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")  # one sweep directory
+    table = check_sweep(sweep_dir, 4, 30)
+    assert table[0]["optimizer.lr"] == "0.5"
+    expected = max(1, usable_cpus() // 2)
+    for job in sweep_dir.iterdir():
+        if (job / "gdlab.log").exists():
+            log = (job / "gdlab.log").read_text()
+            match = re.search(r"torch uses (\d+) thread", log)
+            assert match and int(match.group(1)) == expected
+            assert (job / "loss.png").exists()
+    assert "| rank | optimizer.lr |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_of_two_jobs(tmp_path: Path) -> None:
+    proc = run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "optimizer.lr=0.1,0.2",
+        "objective=multivariate",
+        "trainer.steps=25",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    check_sweep(sweep_dir, 2, 25)
+    assert (sweep_dir / ".submitit").is_dir()  # submitit's own logs stay out of the job list
+    assert len(collect_jobs(sweep_dir)) == 2
+
+
+@pytest.mark.slow
+def test_optuna_search_over_lr_and_momentum(tmp_path: Path) -> None:
+    proc = run_cli(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        "objective=multivariate",
+        "trainer.steps=30",
+        "logger.plots=false",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = collect_jobs(sweep_dir)
+    assert len(rows) == 4
+    for row in rows:  # names carry the sampled values, not the search's own switch
+        assert "hparams_search" not in row.job
+        assert {"optimizer.lr", "optimizer.momentum"} <= set(row.values)
+        assert 0.001 <= float(row.values["optimizer.lr"]) <= 1.0
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    finished = [r.final_loss for r in rows if r.status in {"finished", "converged"}]
+    best = min(finished) if finished else math.inf
+    assert results["best_value"] == pytest.approx(best)
+    assert (sweep_dir / "summary.csv").exists()
