@@ -193,4 +193,11 @@ def test_the_console_script(tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2
+    unknown = subprocess.run(
+        [str(script), "objective=nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert unknown.returncode == 2  # 1 is kept for gradient mismatches
+    [line] = unknown.stderr.strip().splitlines()
+    assert line.startswith("gdlab-check: error: objective=nope is not an option; available: ")
+    assert "rosenbrock" in line
     assert bad.stderr.strip().splitlines() == ["gdlab-check: error: check.points=-2 must be >= 0"]

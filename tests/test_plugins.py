@@ -20,7 +20,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from gdlab.config import config_dir
 from gdlab.errors import GdlabError
@@ -253,6 +253,26 @@ def test_a_bad_loss_is_refused_before_the_first_step(
     line = one_line(err)
     assert f"objective {name!r} (package gdlab-broken-plugins, entry point {name} = " in line
     assert what in line
+
+
+class CpuLoss:
+    """Computes its loss on the CPU whatever the run's device: refused on a GPU run."""
+
+    def init_params(self, generator, device, dtype):
+        return {"x": torch.ones(2, device=device, dtype=dtype)}
+
+    def loss(self, params):
+        return (params["x"].cpu() ** 2).sum()
+
+
+@pytest.mark.cuda
+def test_a_loss_on_the_wrong_device_is_refused_on_a_gpu() -> None:
+    cfg = compose_with("device=cuda")
+    with open_dict(cfg):
+        cfg.objective = {"_target_": "tests.test_plugins.CpuLoss"}
+    with pytest.raises(GdlabError) as err:
+        build(cfg)
+    assert "loss returned a tensor on cpu, but the run's device is cuda" in one_line(err)
 
 
 def test_selecting_a_broken_objective_raises_its_problem(with_broken: Registry) -> None:

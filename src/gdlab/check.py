@@ -14,6 +14,7 @@ of each mismatch (2 for a user mistake, 0 when everything agrees).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ from gdlab.objectives.instantiate import (
     registered_name,
     setup_objective,
 )
+from gdlab.usage import describe
 
 MISMATCH, USAGE_ERROR = 1, 2
 
@@ -184,8 +186,21 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console-script entry point (`gdlab-check`, `python -m gdlab.check`)."""
-    app()
+    """Console-script entry point (`gdlab-check`, `python -m gdlab.check`).
+
+    A bad override (`objective=nope`, `check.points=abc`) is one line and exit code 2, as in
+    `gdlab`, so exit code 1 always means a gradient mismatch; HYDRA_FULL_ERROR=1 shows tracebacks.
+    """
+    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
+    try:
+        app()
+    except Exception as err:
+        message = None if show_tracebacks else describe(err)
+        if message is None:
+            raise
+        print(f"gdlab-check: error: {message}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
 
 
 if __name__ == "__main__":
