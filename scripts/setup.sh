@@ -17,4 +17,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch==2.13.0" 2>/dev/null || "${pip[@]}" "torch>=2.4"
   fi
 fi
-"${pip[@]}" -e ".[dev]"
+# dev: the test tools; launchers: joblib and submitit launchers, the Optuna sweeper
+"${pip[@]}" -e ".[dev,launchers]"

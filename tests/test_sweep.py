@@ -71,6 +71,12 @@ def test_job_dirname_is_the_override_dirname_when_it_is_usable() -> None:
     )
     assert job_dirname("") == "defaults"
     assert job_dirname("objective.path=/tmp/x") == "objective.path=_tmp_x"
+    # Hydra's float range() and Optuna's samples make long decimals; names keep 6 digits
+    assert job_dirname("optimizer.lr=0.15000000000000002,trainer.steps=10") == (
+        "optimizer.lr=0.15,trainer.steps=10"
+    )
+    assert job_dirname("optimizer.momentum=0.6135994074133233") == "optimizer.momentum=0.613599"
+    assert job_dirname("optimizer.lr=0.123456789") == "optimizer.lr=0.123456789"  # a user's own
 
 
 def test_long_job_dirnames_are_shortened_and_stay_distinct() -> None:

@@ -21,26 +21,34 @@ from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
 from gdlab.resume import AlreadyFinished, prepare_resume
 from gdlab.sinks.console import summary_line
+from gdlab.sweep import job_failed, last_sweep_failed, objective_value
 from gdlab.usage import describe
 
 log = logging.getLogger("gdlab")
 USAGE_ERROR = 2
+SWEEP_FAILED = 1  # a multirun in which at least one job failed (diverging is not failing)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def app(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
-        run_job(cfg, hydra_cfg)
-    except GdlabError as err:
+        return run_job(cfg, hydra_cfg)
+    except Exception as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on
+            # One job never stops a sweep: its failure goes into its metrics.json, the sweep
+            # summary lists it, and `main` turns it into the sweep's exit code.
+            return job_failed(Path(hydra_cfg.runtime.output_dir), err)
+        if not isinstance(err, GdlabError):
+            raise
         print(f"gdlab: error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
 
 
-def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-    """One run: resume if asked, train, report; exits 130/143 when interrupted by a signal."""
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
+    """One run: resume if asked, train, report; exits 130/143 when interrupted by a signal.
+
+    Returns the final loss (infinity when diverged): the value an Optuna sweeper minimises."""
     from gdlab.experiment import run_experiment  # after Hydra has parsed the command line
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -68,6 +76,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
     if result.status == "interrupted":
         log.info("gdlab: continue with: gdlab trainer.resume=%s", run_dir)
         sys.exit(interrupt.exit_code)  # 130 after Ctrl-C, 143 after SIGTERM
+    return objective_value(result)
 
 
 def main() -> None:
@@ -82,3 +91,5 @@ def main() -> None:
             raise
         print(f"gdlab: error: {message}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    if last_sweep_failed():  # set by the sweep summary callback when a multirun ends
+        sys.exit(SWEEP_FAILED)

@@ -67,6 +67,7 @@ class TrainerConfig:
     progress: bool | None = None  # null: a progress bar only on a terminal
     checkpoint_every: int | None = 1000  # also at the end and on Ctrl-C/SIGTERM; null: end only
     resume: str | None = None  # a run directory to continue, in place
+    chunk_rows: int | None = None  # full-batch gradients accumulated over row chunks (null: auto)
 
 
 @dataclass
@@ -123,6 +124,11 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("gdlab.pid", lambda: str(os.getpid()), use_cache=True)
     if not OmegaConf.has_resolver("gdlab.run_dir"):
         OmegaConf.register_new_resolver("gdlab.run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("gdlab.job_dir"):
+        from gdlab.sweep import job_dirname  # light: no torch, no matplotlib
+
+        # hydra.sweep.subdir; cached so a job resolves (and claims) its directory once
+        OmegaConf.register_new_resolver("gdlab.job_dir", job_dirname, use_cache=True)
 
 
 register_configs()

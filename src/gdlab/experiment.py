@@ -25,6 +25,7 @@ from gdlab.optim import SGDSettings, UpdateRule
 from gdlab.schedules import make_schedule
 from gdlab.sinks.console import ConsoleSink
 from gdlab.sinks.metrics import MetricsSink
+from gdlab.sweep import override_hparams
 from gdlab.trainer import (
     BatchSampler,
     StopRequest,
@@ -160,9 +161,10 @@ def build(
         steps=t.steps,
         log_every=log_every,
         config_yaml=OmegaConf.to_yaml(cfg),
-        hparams=main_hparams(cfg, name),
+        # HParams: what the command line set (the swept keys), then the main ones
+        hparams={**override_hparams(cfg, overrides), **main_hparams(cfg, name)},
     )
-    sinks = make_sinks(cfg, run_dir)
+    sinks = make_sinks(cfg, run_dir, objective)
     checkpoint = None
     if run_dir is not None:
         config_yaml, saved_overrides = info.config_yaml, list(overrides)
@@ -185,8 +187,10 @@ def build(
     return Experiment(objective, params, trainer, info, device_note, sinks)
 
 
-def make_sinks(cfg: DictConfig, run_dir: Path | None) -> list[Sink]:
-    """Console always; metrics.json and TensorBoard when there is a run directory to write."""
+def make_sinks(
+    cfg: DictConfig, run_dir: Path | None, objective: Objective | None = None
+) -> list[Sink]:
+    """Console always; metrics.json, TensorBoard and plots when there is a run directory."""
     sinks: list[Sink] = [ConsoleSink(enabled=cfg.trainer.progress)]
     if run_dir is None:
         return sinks
@@ -200,6 +204,11 @@ def make_sinks(cfg: DictConfig, run_dir: Path | None) -> list[Sink]:
         from gdlab.sinks.tensorboard import TensorBoardSink
 
         sinks.append(TensorBoardSink(run_dir))
+    if cfg.logger.plots:
+        from gdlab.sinks.plots import PlotSink  # matplotlib itself only when the run ends
+
+        tensorboard = sinks[-1] if cfg.logger.tensorboard else None
+        sinks.append(PlotSink(run_dir, objective, getattr(tensorboard, "add_image", None)))
     return sinks
 
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterable, Sequence
@@ -53,17 +54,29 @@ LR_KEY = "optimizer.lr"
 
 # --------------------------------------------------------------------------- job directories
 
+#: a decimal with 10 or more digits after the point: machine-made (Hydra's float `range`,
+#: Optuna's samples), e.g. 0.15000000000000002 or 0.018662266976517967
+_LONG_DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d{10,}(?:[eE][+-]?\d+)?(?![\w.])")
+
+
+def tidy_numbers(text: str) -> str:
+    """Long machine-made decimals in `text` to 6 significant digits (0.15000000000000002 is
+    0.15), for names and tables people read; summary.csv keeps the exact values."""
+    return _LONG_DECIMAL.sub(lambda m: format(float(m.group()), ".6g"), text)
+
 
 def job_dirname(override_dirname: Any, sweep_dir: Any = None, num: Any = None) -> str:
     """hydra.sweep.subdir: the job's overrides as a readable, safe and unique directory name.
 
     Hydra's `override_dirname` (`objective=quadratic,optimizer.lr=0.1`) is kept as it is when it
-    is a usable name; a `/` becomes `_`, a name longer than MAX_DIRNAME keeps its start plus a
+    is a usable name; long machine-made decimals are cut to 6 significant digits
+    (`tidy_numbers`), a `/` becomes `_`, a name longer than MAX_DIRNAME keeps its start plus a
     hash of the whole, and a job without overrides is `defaults`. When another job of the same
     sweep already owns the name (the same overrides twice, or an Optuna trial repeating a
     setting), `-job<num>` is appended, so two jobs never share a directory.
     """
-    name = str(override_dirname or "").replace(os.sep, "_").replace("\0", "_").strip()
+    name = tidy_numbers(str(override_dirname or ""))
+    name = name.replace(os.sep, "_").replace("\0", "_").strip()
     if name in ("", ".", ".."):
         name = "defaults" if name == "" else f"_{name}"
     if len(name.encode("utf-8")) > MAX_DIRNAME:
@@ -428,7 +441,8 @@ def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
     shown = rows if limit is None else rows[:limit]
     for row in shown:
         status = row.status + (" *" if row.note else "")
-        cells = [str(row.rank or "-"), *(row.values.get(k, "") for k in keys), status]
+        cells = [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
+        cells.append(status)
         cells += [_fmt(row.steps, "d"), _fmt(row.final_loss)]
         cells += [_fmt(row.excess_loss, ".3g")] if show_excess else []
         cells += [_fmt(row.distance_to_minimizer, ".3g"), _fmt(row.wall_time_s, ".3f")]
@@ -452,9 +466,9 @@ def headline(rows: Sequence[JobRow]) -> str:
     best = rows[0] if rows and rows[0].rank == 1 else None
     if best is not None:
         keys = varying_keys(rows)  # what sets the best job apart; all its overrides if none
-        setting = " ".join(f"{k}={best.values[k]}" for k in keys if k in best.values) or " ".join(
-            best.overrides
-        )
+        setting = " ".join(
+            f"{k}={tidy_numbers(best.values[k])}" for k in keys if k in best.values
+        ) or " ".join(best.overrides)
         text += f"; best: {setting or best.job} (loss {_fmt(best.final_loss)})"
     else:
         text += "; no job finished, none ranked"
