@@ -109,6 +109,28 @@ class Members:
         row.pop("seed")
         return SGDSettings(**row)
 
+    def problems(self) -> dict[int, str]:
+        """Member index -> why a plain run with its settings would refuse to start.
+
+        A population job leaves those members out (they are reported as failed, as their
+        plain jobs would be) and trains the rest. Checked once per distinct setting.
+        """
+        verdicts: dict[tuple[Any, ...], str | None] = {}
+        found: dict[int, str] = {}
+        for i, row in enumerate(zip(*(getattr(self, f.name) for f in fields(self)), strict=True)):
+            if row not in verdicts:
+                try:
+                    Members(*([v] for v in row)).validate()
+                    verdicts[row] = None
+                except GdlabError as err:
+                    verdicts[row] = str(err)
+            if verdicts[row] is not None:
+                found[i] = verdicts[row]  # type: ignore[assignment]
+        return found
+
+    def select(self, rows: Sequence[int]) -> Members:
+        return Members(*([getattr(self, f.name)[i] for i in rows] for f in fields(self)))
+
     def validate(self) -> None:
         """Apply `SGDSettings`' checks to every distinct setting (same messages as a plain run)."""
         coerced = {

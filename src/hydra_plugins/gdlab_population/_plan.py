@@ -1,0 +1,225 @@
+"""From a multirun's overrides to population jobs: which keys batch, which fan out.
+
+A sweep is the cartesian product of its swept keys, as with Hydra's basic sweeper. Keys that
+only change a member's hyperparameters (`BATCHABLE`) become the members of one job; every
+other swept key fans out into separate jobs, exactly the jobs a plain multirun would run, and
+`max_members` cuts a large population into several jobs. A job's members are stored as the
+batchable axes plus a slice of their product, so a million members cost a few numbers in the
+plan file, and each member's own override list (the one its plain run would have) can be
+rebuilt for the summary.
+
+No torch here: the sweeper imports this module in the process that launches the jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.types import Override, OverrideType
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gdlab.errors import GdlabError
+
+#: config key -> the population member field it sets (gdlab.population.MEMBER_KEYS, inverted)
+BATCHABLE: dict[str, str] = {
+    "optimizer.lr": "lr",
+    "optimizer.momentum": "momentum",
+    "optimizer.dampening": "dampening",
+    "optimizer.nesterov": "nesterov",
+    "optimizer.weight_decay": "weight_decay",
+    "optimizer.clip_norm": "clip_norm",
+    "trainer.seed": "seed",
+}
+#: keys that configure the sweep itself: one value for the whole sweep, never per job
+SWEEP_ITSELF = ("hydra/sweeper", "hydra/launcher", "hydra.sweeper", "hydra.launcher")
+#: keys a population job cannot honour at all
+UNSUPPORTED = {"trainer.resume": "population jobs do not resume runs; resume a plain run"}
+#: the override that marks a job as a population job, and the folder of the plan files
+LABEL_KEY = "population"
+PLAN_DIR = ".population"
+
+
+@dataclass
+class Axis:
+    """One swept batchable key: its values (typed as the config holds them) and their text."""
+
+    key: str
+    values: list[Any]
+    strings: list[str]
+
+
+@dataclass
+class JobPlan:
+    """One population job: what the launcher composes it with, and who its members are."""
+
+    label: int
+    overrides: list[str]  # the job's own overrides, the population label last
+    order: list[str]  # every override key in command-line order
+    shared: dict[str, str]  # key -> override text, for keys every member shares
+    axes: list[Axis] = field(default_factory=list)
+    start: int = 0  # the members are product(axes)[start:stop]
+    stop: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+    def combos(self) -> Iterator[tuple[int, ...]]:
+        """Indices into each axis, member by member (a plain multirun's job order)."""
+        ranges = [range(len(a.values)) for a in self.axes]
+        return itertools.islice(itertools.product(*ranges), self.start, self.stop)
+
+    def columns(self) -> dict[str, list[Any]]:
+        """Member field -> one value per member (only the swept fields)."""
+        combos = list(self.combos())
+        return {BATCHABLE[a.key]: [a.values[c[i]] for c in combos] for i, a in enumerate(self.axes)}
+
+    def member_strings(self) -> dict[str, list[str]]:
+        """Config key -> each member's value as override text."""
+        combos = list(self.combos())
+        return {a.key: [a.strings[c[i]] for c in combos] for i, a in enumerate(self.axes)}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobPlan:
+        data = dict(data)
+        data["axes"] = [Axis(**a) for a in data.get("axes", [])]
+        return cls(**data)
+
+
+def plan_path(sweep_dir: Path | str, label: Any) -> Path:
+    return Path(sweep_dir) / PLAN_DIR / f"{int(label)}.json"
+
+
+def write_plans(sweep_dir: Path, plans: Sequence[JobPlan]) -> None:
+    """One small JSON file per job under `<sweep dir>/.population/`, written atomically."""
+    folder = Path(sweep_dir) / PLAN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for plan in plans:
+        path = plan_path(sweep_dir, plan.label)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(plan.to_json()), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def read_plan(sweep_dir: Path | str, label: Any) -> JobPlan:
+    path = plan_path(sweep_dir, label)
+    try:
+        return JobPlan.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise GdlabError(
+            f"+{LABEL_KEY}={label}: no population plan {path}; population jobs are started by "
+            "the population sweeper (gdlab -m hydra/sweeper=population ...)"
+        ) from None
+
+
+def coerce(key: str, value: Any) -> Any:
+    """A swept value converted as the config schema converts it (`'0.1'` -> 0.1, `true`)."""
+    from gdlab.config import OptimizerConfig, TrainerConfig
+
+    group, leaf = key.split(".", 1)
+    node = OmegaConf.structured(OptimizerConfig if group == "optimizer" else TrainerConfig)
+    try:
+        node[leaf] = value
+    except OmegaConfBaseException as err:
+        message = str(getattr(err, "msg", err)).strip().splitlines()[0]
+        raise GdlabError(f"{key}={value!r} is not allowed: {message}") from None
+    return node[leaf]
+
+
+def is_sweep_itself(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in SWEEP_ITSELF)
+
+
+def plan_sweep(
+    overrides: Sequence[Override], max_members: int | None, options: dict[str, Any] | None = None
+) -> list[JobPlan]:
+    """Group the sweep's combinations into population jobs (see the module docstring)."""
+    if max_members is not None and max_members < 1:
+        raise GdlabError(f"hydra.sweeper.max_members={max_members} must be >= 1 (or null)")
+    order: list[str] = []
+    shared: dict[str, str] = {}  # non-swept overrides: every job, every member
+    fanned: list[tuple[str, list[str]]] = []  # swept keys that are separate jobs
+    axes: list[Axis] = []
+    for override in overrides:
+        key = override.key_or_group
+        element = override.get_key_element()
+        if key in UNSUPPORTED:
+            raise GdlabError(f"hydra/sweeper=population: {key}: {UNSUPPORTED[key]}")
+        if key == LABEL_KEY:
+            raise GdlabError(
+                f"hydra/sweeper=population: {element} is the population sweeper's own key; "
+                "choose another name"
+            )
+        if key in order:
+            raise GdlabError(f"hydra/sweeper=population: {key} is given twice")
+        order.append(key)
+        if not override.is_sweep_override():
+            shared[key] = f"{element}={override.get_value_element_as_str()}"
+            continue
+        if not override.is_discrete_sweep():
+            raise GdlabError(
+                f"hydra/sweeper=population cannot sweep {override.input_line}: neither batched "
+                "nor fanned out; only lists (a,b,c) and range(...) can be enumerated"
+            )
+        if is_sweep_itself(key):
+            raise GdlabError(
+                f"hydra/sweeper=population cannot sweep {override.input_line}: {key} configures "
+                "the sweep itself (one value for all jobs), so it can be neither batched into a "
+                "population nor fanned out into jobs; run one sweep per value"
+            )
+        strings = list(override.sweep_string_iterator())
+        if key in BATCHABLE and override.type != OverrideType.DEL:
+            values = [coerce(key, v) for v in override.sweep_iterator()]
+            axes.append(Axis(key, values, strings))
+        else:
+            fanned.append((key, [f"{element}={s}" for s in strings]))
+
+    members = 1
+    for axis in axes:
+        members *= len(axis.values)
+    size = members if max_members is None else max_members
+    plans: list[JobPlan] = []
+    for combo in itertools.product(*(texts for _, texts in fanned)):
+        group = dict(zip((k for k, _ in fanned), combo, strict=True))
+        job_overrides = [shared.get(k) or group[k] for k in order if k in shared or k in group]
+        for start in range(0, members, size):
+            label = len(plans)
+            plans.append(
+                JobPlan(
+                    label=label,
+                    overrides=[*job_overrides, f"+{LABEL_KEY}={label}"],
+                    order=list(order),
+                    shared={**shared, **group},
+                    axes=axes,
+                    start=start,
+                    stop=min(start + size, members),
+                    options=dict(options or {}),
+                )
+            )
+    return plans
+
+
+def member_overrides(plan: JobPlan) -> list[list[str]]:
+    """Each member's override list: the one a plain multirun job would have had."""
+    strings = plan.member_strings()
+    rows = []
+    for i in range(plan.count):
+        rows.append(
+            [
+                plan.shared[k] if k in plan.shared else f"{k}={strings[k][i]}"
+                for k in plan.order
+                if k in plan.shared or k in strings
+            ]
+        )
+    return rows
