@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -126,3 +127,32 @@ def test_set_to_none_gives_the_same_run(run_config) -> None:
     zeroed, _ = run_config("experiment=linear_regression", "trainer.zero_grad=zero")
     nulled, _ = run_config("experiment=linear_regression", "trainer.zero_grad=set_to_none")
     assert torch.equal(zeroed.params["w"], nulled.params["w"])
+
+
+def test_chunked_full_batch_gradient_equals_one_pass(run_config) -> None:
+    common = [
+        "objective=linear_regression", "objective.n_samples=5000", "objective.n_features=8",
+        "optimizer.lr=0.05", "optimizer.momentum=0.5", "trainer.steps=40", "trainer.tol=0",
+        "device.dtype=float64",
+    ]  # fmt: skip
+    one_pass, _ = run_config(*common, "trainer.chunk_rows=5000")
+    chunked, _ = run_config(*common, "trainer.chunk_rows=333")  # uneven last chunk
+    for name, value in one_pass.params.items():
+        torch.testing.assert_close(chunked.params[name], value, rtol=1e-12, atol=1e-12)
+    assert chunked.final_loss == pytest.approx(one_pass.final_loss, rel=1e-12)
+
+
+def test_large_cpu_data_is_chunked_automatically() -> None:
+    from gdlab.experiment import CHUNK_ABOVE_BYTES, gradient_chunks
+
+    cpu = torch.device("cpu")
+    small, large = LinearRegression(), LinearRegression(n_samples=300_000, n_features=16)
+    for objective in (small, large):
+        objective.setup(cpu, torch.float32)
+    assert large.data_bytes > CHUNK_ABOVE_BYTES
+    assert gradient_chunks(small, None, cpu) is None
+    chunks = gradient_chunks(large, None, cpu)
+    assert chunks is not None and len(chunks) > 1
+    assert chunks[0].start == 0 and chunks[-1].stop == 300_000
+    assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
+    assert gradient_chunks(large, None, torch.device("meta")) is None  # only the CPU gains

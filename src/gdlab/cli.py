@@ -27,6 +27,8 @@ from gdlab.usage import describe
 log = logging.getLogger("gdlab")
 USAGE_ERROR = 2
 SWEEP_FAILED = 1  # a multirun in which at least one job failed (diverging is not failing)
+#: the user's debug switch, read before `main` sets the variable for its own use
+SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -39,7 +41,7 @@ def app(cfg: DictConfig) -> float | None:
             # One job never stops a sweep: its failure goes into its metrics.json, the sweep
             # summary lists it, and `main` turns it into the sweep's exit code.
             return job_failed(Path(hydra_cfg.runtime.output_dir), err)
-        if not isinstance(err, GdlabError):
+        if not isinstance(err, GdlabError) or SHOW_TRACEBACKS:
             raise
         print(f"gdlab: error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
@@ -81,12 +83,11 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (`gdlab`, `python -m gdlab`)."""
-    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
     try:
         app()
     except Exception as err:
-        message = None if show_tracebacks else describe(err)
+        message = None if SHOW_TRACEBACKS else describe(err)
         if message is None:
             raise
         print(f"gdlab: error: {message}", file=sys.stderr)

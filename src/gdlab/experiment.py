@@ -32,6 +32,7 @@ from gdlab.trainer import (
     Trainer,
     TrainerSettings,
     default_log_every,
+    row_chunks,
 )
 
 log = logging.getLogger("gdlab")
@@ -72,6 +73,34 @@ def make_sampler(
     if n is None or batch_size is None or batch_size >= n:
         return None
     return BatchSampler(n, batch_size, generator, device)
+
+
+#: auto chunking aims at row chunks of this size, which stay in a core's L2 cache
+CHUNK_BYTES = 1 << 20
+#: ... for data sets larger than this (smaller ones gain nothing from it)
+CHUNK_ABOVE_BYTES = 16 << 20
+
+
+def gradient_chunks(
+    objective: Objective, chunk_rows: int | None, device: torch.device
+) -> list[slice] | None:
+    """Row chunks for full-batch gradient accumulation, or None for one pass over all rows.
+
+    `trainer.chunk_rows=null` chooses: on the CPU, for data larger than CHUNK_ABOVE_BYTES,
+    chunks of about CHUNK_BYTES, so X is read from memory once per step instead of twice
+    (forward and backward). A GPU gains nothing from it and gets one pass.
+    """
+    n = getattr(objective, "n_samples", None)
+    if chunk_rows is not None:
+        if chunk_rows < 1:
+            raise GdlabError(f"trainer.chunk_rows={chunk_rows} must be >= 1 (or null: automatic)")
+        if n is None:
+            raise GdlabError("trainer.chunk_rows needs an objective with data (n_samples)")
+        return row_chunks(n, chunk_rows)
+    data_bytes = getattr(objective, "data_bytes", None)
+    if n is None or not data_bytes or device.type != "cpu" or data_bytes <= CHUNK_ABOVE_BYTES:
+        return None
+    return row_chunks(n, max(1, CHUNK_BYTES * n // data_bytes))
 
 
 def main_hparams(cfg: DictConfig, objective: str) -> dict[str, Any]:
@@ -171,6 +200,7 @@ def build(
         checkpoint = lambda state: save_checkpoint(  # noqa: E731
             run_dir, {**state, "config_yaml": config_yaml, "overrides": saved_overrides}
         )
+    sampler = make_sampler(objective, generator, device)
     trainer = Trainer(
         objective.loss,
         params,
@@ -180,9 +210,11 @@ def build(
         sinks=sinks,
         minimizer=getattr(objective, "minimizer", None),
         minimum=getattr(objective, "minimum", None),
-        sampler=make_sampler(objective, generator, device),
+        sampler=sampler,
         checkpoint=checkpoint,
         interrupt=interrupt,
+        chunks=gradient_chunks(objective, t.chunk_rows, device) if sampler is None else None,
+        n_samples=getattr(objective, "n_samples", None),
     )
     return Experiment(objective, params, trainer, info, device_note, sinks)
 
@@ -229,6 +261,7 @@ def run_experiment(
             raise GdlabError(
                 f"trainer.resume: the checkpoint does not fit this run ({err})"
             ) from None
+        experiment.info.resumed = True
         experiment.info.start_step = experiment.trainer.start_step
     log.info(
         "gdlab: %s on %s, %s, %d steps%s",

@@ -84,29 +84,46 @@ def sgd_update(
 
 
 class UpdateRule:
-    """SGD with its state: call `step(params, lr)` after `backward()`, under `no_grad`."""
+    """SGD with its state: call `step(params, lr)` after `backward()`, under `no_grad`.
+
+    Parameters whose `.grad` is None are skipped, as `torch.optim.SGD` does.
+    """
 
     def __init__(self, settings: SGDSettings) -> None:
         self.settings = settings
         self.momentum_buffers: list[Tensor | None] = []
+        plain = settings.momentum == 0.0 and settings.weight_decay == 0.0
+        # The tutorial's p -= lr * p.grad as one fused call per parameter: the common case
+        # gets no Python beyond it (this runs every step).
+        self.step = self._plain_step if plain and settings.clip_norm is None else self._step
 
-    def step(self, params: list[Tensor], lr: float) -> None:
+    @staticmethod
+    def _plain_step(params: list[Tensor], lr: float) -> None:
+        for p in params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+
+    def _step(self, params: list[Tensor], lr: float) -> None:
         s = self.settings
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        if s.clip_norm is not None:
-            clip_grad_norm(grads, s.clip_norm)
         if not self.momentum_buffers:
             self.momentum_buffers = [None] * len(params)
+        active = [i for i, p in enumerate(params) if p.grad is not None]
+        grads = [params[i].grad for i in active]
+        if s.clip_norm is not None:
+            clip_grad_norm(grads, s.clip_norm)  # type: ignore[arg-type]
+        buffers = [self.momentum_buffers[i] for i in active]
         sgd_update(
-            params,
-            grads,
-            self.momentum_buffers,
+            [params[i] for i in active],
+            grads,  # type: ignore[arg-type]
+            buffers,
             lr=lr,
             momentum=s.momentum,
             dampening=s.dampening,
             nesterov=s.nesterov,
             weight_decay=s.weight_decay,
         )
+        for i, buf in zip(active, buffers, strict=True):
+            self.momentum_buffers[i] = buf
 
     def state_dict(self) -> dict[str, list[Tensor | None]]:
         return {"momentum_buffers": list(self.momentum_buffers)}

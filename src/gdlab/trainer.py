@@ -89,6 +89,49 @@ class BatchSampler:
         self._position = int(state["position"])
 
 
+def row_chunks(n_samples: int, chunk_rows: int) -> list[slice]:
+    """Consecutive row ranges covering the data set, `chunk_rows` rows each (the last fewer)."""
+    return [
+        slice(start, min(start + chunk_rows, n_samples))
+        for start in range(0, n_samples, chunk_rows)
+    ]
+
+
+def backward_full(loss_fn: Callable[[Params], Tensor]) -> Callable[[Params], Tensor]:
+    """loss = loss_fn(params); loss.backward(): the tutorial's step, as one call."""
+
+    def loss_and_grad(params: Params) -> Tensor:
+        loss = loss_fn(params)
+        loss.backward()
+        return loss
+
+    return loss_and_grad
+
+
+def backward_in_chunks(
+    loss_fn: Callable[..., Tensor], chunks: list[slice], n_samples: int
+) -> Callable[[Params], Tensor]:
+    """The full-batch loss and gradient, accumulated over row chunks.
+
+    The tutorial's gradient accumulation put to work: each chunk's loss, weighted by its share
+    of the rows, is backpropagated at once, so its rows are read from memory once and used by
+    forward and backward while still in cache. The gradients add up to the full-batch ones
+    (the loss is a mean over rows), up to the order of floating-point additions.
+    """
+    weighted = [(rows, (rows.stop - rows.start) / n_samples) for rows in chunks]
+
+    def loss_and_grad(params: Params) -> Tensor:
+        total: Tensor | None = None
+        for rows, weight in weighted:
+            part = loss_fn(params, rows) * weight
+            part.backward()
+            total = part.detach() if total is None else total + part.detach()
+        assert total is not None
+        return total
+
+    return loss_and_grad
+
+
 def default_log_every(steps: int, points: int = 1000) -> int:
     """Every step for short runs, about `points` points per curve for long ones."""
     return max(1, math.ceil(steps / points))
@@ -99,6 +142,7 @@ class Trainer:
 
     `loss_fn(params)` is the full-batch loss; with a `sampler`, training steps call
     `loss_fn(params, indices)` on mini-batches while the final point uses the full batch.
+    With `chunks` (row slices), full-batch gradients are accumulated chunk by chunk.
     """
 
     def __init__(
@@ -114,15 +158,20 @@ class Trainer:
         sampler: BatchSampler | None = None,
         checkpoint: Callable[[dict[str, Any]], None] | None = None,
         interrupt: StopRequest | None = None,
+        chunks: list[slice] | None = None,
+        n_samples: int | None = None,
     ) -> None:
         for name, p in params.items():
             if not (p.is_leaf and p.requires_grad):
                 raise ValueError(f"parameter {name!r} must be a leaf tensor with requires_grad")
-        self.full_loss_fn = loss_fn
-        if sampler is None:
-            self.loss_fn: Callable[[Params], Tensor] = loss_fn
+        if chunks and len(chunks) > 1 and n_samples:
+            self.full_loss_and_grad = backward_in_chunks(loss_fn, chunks, n_samples)
         else:
-            self.loss_fn = lambda p: loss_fn(p, sampler.next())
+            self.full_loss_and_grad = backward_full(loss_fn)
+        if sampler is None:
+            self.loss_and_grad = self.full_loss_and_grad
+        else:
+            self.loss_and_grad = backward_full(lambda p: loss_fn(p, sampler.next()))
         self.params = params
         self.rule = rule
         self.schedule = schedule
@@ -139,7 +188,12 @@ class Trainer:
     def run(self) -> RunResult:
         params, settings = self.params, self.settings
         tensors = list(params.values())
-        loss_fn, schedule, rule, interrupt = self.loss_fn, self.schedule, self.rule, self.interrupt
+        loss_and_grad, schedule, update, interrupt = (
+            self.loss_and_grad,
+            self.schedule,
+            self.rule.step,
+            self.interrupt,
+        )
         log_every, set_to_none = settings.log_every, settings.set_to_none
         checkpoint_every = settings.checkpoint_every if self.checkpoint else None
 
@@ -151,8 +205,7 @@ class Trainer:
             if interrupt is not None and interrupt.requested:
                 verdict = ("interrupted", f"stopped by a signal after {step} steps")
                 break
-            loss = loss_fn(params)
-            loss.backward()
+            loss = loss_and_grad(params)  # loss = loss_fn(params); loss.backward()
             lr = schedule(step)
             if step % log_every == 0:
                 record = self._observe(step, loss, lr)
@@ -160,11 +213,12 @@ class Trainer:
                 if verdict is not None:  # stop before updating: report the parameters checked
                     break
             with torch.no_grad():
-                rule.step(tensors, lr)
-            for p in tensors:
-                if set_to_none:
+                update(tensors, lr)
+            if set_to_none:
+                for p in tensors:
                     p.grad = None
-                else:
+            else:
+                for p in tensors:
                     p.grad.zero_()  # type: ignore[union-attr]
             if checkpoint_every and (step + 1) % checkpoint_every == 0:
                 self._save(step + 1, "running", start)
@@ -201,23 +255,29 @@ class Trainer:
 
     def _final_point(self, step: int, log: bool) -> LogRecord:
         """Loss and gradient of the full batch at the current parameters."""
-        loss = self.full_loss_fn(self.params)
-        loss.backward()
+        loss = self.full_loss_and_grad(self.params)
         return self._observe(step, loss, self.schedule(step), log=log)
 
     def _observe(self, step: int, loss: Tensor, lr: float, log: bool = True) -> LogRecord:
         """Read loss, gradient norm and small parameters back to the host: one sync."""
         with torch.no_grad():
-            grads = [
-                p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()
-            ]
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            param_norm = torch.stack(torch._foreach_norm(list(self.params.values()))).max()
-            loss_value, grad_value, param_value = torch.stack(
-                [loss.detach().reshape(()), grad_norm, param_norm]
-            ).tolist()
+            tensors = list(self.params.values())
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in tensors]
+            norms = torch._foreach_norm(grads + tensors)
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms[: len(tensors)]))
+            param_norm = torch.stack(norms[len(tensors) :]).max()
+            if loss.device.type == "cpu":  # reading a CPU tensor is not a sync: skip the stack
+                loss_value, grad_value, param_value = (
+                    loss.item(),
+                    grad_norm.item(),
+                    param_norm.item(),
+                )
+            else:
+                loss_value, grad_value, param_value = torch.stack(
+                    [loss.detach().reshape(()), grad_norm, param_norm]
+                ).tolist()
             small = {
-                name: p.detach().cpu().clone()
+                name: p.detach().to("cpu", copy=True)
                 for name, p in self.params.items()
                 if p.numel() <= SMALL_PARAM_NUMEL
             }

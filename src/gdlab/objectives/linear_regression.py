@@ -22,6 +22,28 @@ from gdlab.objectives.base import (
 )
 
 
+def least_squares(X: Tensor, y: Tensor, chunk_rows: int = 65536) -> Tensor:
+    """Ordinary least squares for y ~ X w + b in float64, as [w..., b].
+
+    Through the normal equations, accumulated over row chunks (no float64 copy of X is ever
+    whole in memory) and a Cholesky solve: the same bits every time, where LAPACK's threaded
+    `lstsq` varied in the last ones from run to run.
+    """
+    n, d = X.shape
+    gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+    moment = torch.zeros(d + 1, dtype=torch.float64)
+    for start in range(0, n, chunk_rows):
+        rows = X[start : start + chunk_rows].double().cpu()
+        targets = y[start : start + chunk_rows].double().cpu()
+        gram[:d, :d] += rows.T @ rows
+        gram[:d, d] += rows.sum(dim=0)
+        moment[:d] += rows.T @ targets
+        moment[d] += targets.sum()
+    gram[d, :d] = gram[:d, d]
+    gram[d, d] = n
+    return torch.cholesky_solve(moment.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
+
+
 class LinearRegression(Objective):
     """Least squares on y = X w* + b* + noise; the minimiser is the ordinary least-squares fit."""
 
@@ -66,13 +88,9 @@ class LinearRegression(Objective):
         noise = torch.randn(n, generator=gen, device=device, dtype=dtype) * self.noise_std
         w_true = torch.tensor(self.true_w, device=device, dtype=dtype)
         self.y = self.X @ w_true + self.true_b + noise
-        # Ordinary least squares on [X, 1] in float64 through the normal equations: a small
-        # Cholesky solve gives the same bits every time (LAPACK's lstsq does not, threaded).
-        design = torch.cat([self.X, torch.ones(n, 1, device=device, dtype=dtype)], dim=1)
-        design = design.double().cpu()
-        gram, moment = design.T @ design, design.T @ self.y.double().cpu()
-        solution = torch.cholesky_solve(moment.unsqueeze(1), torch.linalg.cholesky(gram))
-        solution = solution.squeeze(1).to(device=device, dtype=dtype)
+        self._x = self.X[:, 0] if d == 1 else None  # one feature: the fast path in `loss`
+        self.data_bytes = (self.X.numel() + self.y.numel()) * self.X.element_size()
+        solution = least_squares(self.X, self.y).to(device=device, dtype=dtype)
         self.minimizer = {"w": solution[:d], "b": solution[d:]}
         self.minimum = float(self.loss(self.minimizer))
 
@@ -84,8 +102,12 @@ class LinearRegression(Objective):
         return {"w": w, "b": b}
 
     def loss(self, params: Params, batch: Tensor | None = None) -> Tensor:
-        X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
-        residual = X @ params["w"] + params["b"] - y
+        if self.n_features == 1:  # the tutorial's w * x + b: an element-wise product beats a
+            x, y = (self._x, self.y) if batch is None else (self._x[batch], self.y[batch])
+            residual = x * params["w"] + params["b"] - y  # matrix-vector call on 100 numbers
+        else:
+            X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
+            residual = X @ params["w"] + params["b"] - y
         return (residual * residual).mean()
 
     def grad(self, params: Params, batch: Tensor | None = None) -> Params:

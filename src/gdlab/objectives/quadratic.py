@@ -31,6 +31,8 @@ class Quadratic(Objective):
         return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
 
     def loss(self, params: Params) -> Tensor:
+        if self.a == 1.0:  # the tutorial's case: one multiplication fewer, forward and backward
+            return (params["x"] - self.c) ** 2 + self.d
         return self.a * (params["x"] - self.c) ** 2 + self.d
 
     def grad(self, params: Params) -> Params:
