@@ -26,9 +26,18 @@ from gdlab.experiment import build
 TARGETS = {"default": 1.10, "every step": 2.0}
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bare_quadratic(steps: int) -> float:
-    x = torch.tensor(0.0, requires_grad=True)
+    x = torch.tensor(0.0, requires_grad=True, device=DEVICE)
     lr = 0.001
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         loss = (x - 3) ** 2 + 5
@@ -36,13 +45,15 @@ def bare_quadratic(steps: int) -> float:
         with torch.no_grad():
             x -= lr * x.grad
         x.grad.zero_()
+    sync()
     return time.perf_counter() - start
 
 
 def bare_2d(steps: int) -> float:
-    x = torch.tensor(1.0, requires_grad=True)
-    y = torch.tensor(2.0, requires_grad=True)
+    x = torch.tensor(1.0, requires_grad=True, device=DEVICE)
+    y = torch.tensor(2.0, requires_grad=True, device=DEVICE)
     lr = 0.001
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         loss = 2 * x**2 + x * y + 3 * y**2
@@ -52,16 +63,18 @@ def bare_2d(steps: int) -> float:
             y -= lr * y.grad
         x.grad.zero_()
         y.grad.zero_()
+    sync()
     return time.perf_counter() - start
 
 
 def bare_regression(steps: int) -> float:
-    gen = torch.Generator().manual_seed(42)
-    x = torch.randn(100, generator=gen)
-    y = 3.0 * x + 2.0 + torch.randn(100, generator=gen) * 0.5
-    w = torch.randn(1, requires_grad=True)
-    b = torch.randn(1, requires_grad=True)
+    gen = torch.Generator(DEVICE).manual_seed(42)
+    x = torch.randn(100, generator=gen, device=DEVICE)
+    y = 3.0 * x + 2.0 + torch.randn(100, generator=gen, device=DEVICE) * 0.5
+    w = torch.randn(1, generator=gen, device=DEVICE).requires_grad_(True)
+    b = torch.randn(1, generator=gen, device=DEVICE).requires_grad_(True)
     lr = 0.01
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         y_pred = w * x + b
@@ -72,6 +85,7 @@ def bare_regression(steps: int) -> float:
             b -= lr * b.grad
         w.grad.zero_()
         b.grad.zero_()
+    sync()
     return time.perf_counter() - start
 
 
@@ -87,14 +101,16 @@ def gdlab_run(overrides: list[str], steps: int, log_every: int | None, out: Path
     extra = [f"trainer.steps={steps}", "trainer.tol=0", "trainer.progress=false"]
     if log_every is not None:
         extra.append(f"trainer.log_every={log_every}")
-    extra += ["trainer.checkpoint_every=null", "logger.plots=false"]
+    extra += ["trainer.checkpoint_every=null", "logger.plots=false", f"device={DEVICE.type}"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, *extra])
     experiment = build(cfg, out)
     for sink in experiment.sinks:
         sink.start(experiment.info)
+    sync()
     start = time.perf_counter()
     experiment.trainer.run()
+    sync()
     elapsed = time.perf_counter() - start
     for sink in experiment.sinks:
         sink.close()
@@ -105,9 +121,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(1)  # both sides alike; tiny tensors gain nothing from threads
-    print(f"torch {torch.__version__}, {args.steps} steps, median of {args.repeats} repeats")
+    print(
+        f"torch {torch.__version__} on {DEVICE}, {args.steps} steps, "
+        f"median of {args.repeats} repeats"
+    )
     print(
         f"{'objective':<15} {'logging':<11} {'bare µs/step':>12} {'gdlab µs/step':>13} "
         f"{'ratio':>6} {'target':>7}"
