@@ -188,7 +188,7 @@ def test_population_jobs_through_the_joblib_launcher(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     jobs = read_population(sweep_dir)
     assert len(jobs) == 4 and all(doc["members"] == 6 for _, doc in jobs)
-    lrs = sorted(float(o[-1].split("=")[1]) for _, doc in jobs for o in doc["overrides"])
+    lrs = sorted(lr for _, doc in jobs for lr in doc["lr"])
     assert lrs == pytest.approx([0.05 * (i + 1) for i in range(24)])
     statuses = {s for _, doc in jobs for s in doc["status"]}
     assert "diverged" in statuses and statuses & {"finished", "converged"}

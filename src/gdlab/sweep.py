@@ -50,6 +50,8 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 LR_PLOT = "lr.png"
 LR_KEY = "optimizer.lr"
+#: a population job's per-member results (hydra/sweeper=population, hydra_plugins/...)
+POPULATION_JSON = "population.json"
 
 
 # --------------------------------------------------------------------------- job directories
@@ -234,6 +236,7 @@ class JobRow:
     note: str | None = None  # where a value came from when it is not metrics.json
     rank: int | None = None
     values: dict[str, str] = field(default_factory=dict)  # override key -> value text
+    stability_lr: float | None = None  # 2/L on a quadratic, where the job knows it
 
     @property
     def excess_loss(self) -> float | None:
@@ -358,10 +361,44 @@ def rank_jobs(rows: Sequence[JobRow]) -> list[JobRow]:
     return [*ranked, *rest]
 
 
+def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
+    """A population job's members (hydra/sweeper=population), one row each, as its own plain
+    job would appear; None when `job_dir` has no readable population.json (a plain job, or a
+    population job that never got to write it: `load_job` then reports it)."""
+    job_dir, sweep_dir = Path(job_dir), Path(sweep_dir)
+    try:
+        data = json.loads((job_dir / POPULATION_JSON).read_text(encoding="utf-8"))
+        columns = [data[k] for k in ("overrides", "status", "steps", "final_loss", "lr")]
+        columns += [data[k] for k in ("distance_to_minimizer", "error", "stop_reason")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
+    num, per_member = _job_num(job_dir), _number(data.get("wall_time_per_member_s"))
+    minimum, stability = _number(data.get("minimum")), _number(data.get("stability_lr"))
+    rows = []
+    for i, (overrides, status, steps, loss, lr, distance, error, reason) in enumerate(
+        zip(*columns, strict=True)
+    ):
+        row = JobRow(f"{name}#{i}", num, [str(o) for o in overrides], str(status or "failed"))
+        row.values = dict(split_override(o) for o in row.overrides)
+        row.steps, row.final_loss, row.lr = steps, _number(loss), _number(lr)
+        row.minimum, row.distance_to_minimizer = minimum, _number(distance)
+        row.wall_time_s, row.stability_lr = per_member, stability
+        row.error = error or (reason if row.status not in RANKED else None)
+        if row.status == "diverged" and row.final_loss is None:
+            row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
+        rows.append(row)
+    return rows
+
+
 def collect_jobs(sweep_dir: Path) -> list[JobRow]:
-    """Every job of a sweep, read back and ranked."""
+    """Every job of a sweep, read back and ranked; a population job gives a row per member."""
     sweep_dir = Path(sweep_dir)
-    return rank_jobs([load_job(d, sweep_dir) for d in find_job_dirs(sweep_dir)])
+    rows: list[JobRow] = []
+    for job_dir in find_job_dirs(sweep_dir):
+        members = load_population(job_dir, sweep_dir)
+        rows.extend(members if members is not None else [load_job(job_dir, sweep_dir)])
+    return rank_jobs(rows)
 
 
 def override_keys(rows: Sequence[JobRow]) -> list[str]:

@@ -358,6 +358,9 @@ def lr_figure(rows: Sequence[JobRow], lr_key: str = "optimizer.lr") -> Figure:
             )
     if any(r.status not in ("finished", "converged") for rs in series.values() for r in rs):
         ax.plot([], [], "x", color="tab:red", ms=8, mew=2, label="diverged / not finished")
+    # lr = 2/L on a quadratic (L the largest Hessian eigenvalue): plain descent's stability edge
+    for limit in sorted({r.stability_lr for r in rows if r.stability_lr})[:5]:
+        ax.axvline(limit, color="0.35", ls="--", lw=1, label=f"2/L = {limit:.3g} (stability limit)")
     ax.set_xscale("log")
     ax.set_yscale("log" if positive else "symlog")
     ax.set_xlabel("learning rate (optimizer.lr)")

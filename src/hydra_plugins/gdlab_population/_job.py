@@ -79,7 +79,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     valid = [i for i in range(plan.count) if i not in problems]
     run_dir.mkdir(parents=True, exist_ok=True)
     if not valid:
-        write_population(run_dir, plan, None, valid, problems, info=None, extra={})
+        write_population(run_dir, plan, members, None, valid, problems, info=None, extra={})
         log.error("gdlab: every member's settings were refused: %s", problems[0])
         return math.inf
 
@@ -107,8 +107,21 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
         "device": str(trainer.device),
         "dtype": str(trainer.dtype).replace("torch.", ""),
     }
-    extra = {"stability_lr": stability_lr(trainer.objective, trainer.mini_batch)}
-    write_population(run_dir, plan, result, valid, problems, info, extra)
+    extra: dict[str, Any] = {"stability_lr": stability_lr(trainer.objective, trainer.mini_batch)}
+    if job_cfg.logger.tensorboard and not interrupt.requested:
+        from hydra_plugins.gdlab_population._tensorboard import write_tensorboard
+
+        settings = [{k: v[i] for k, v in columns.items()} for i in valid]
+        extra["tensorboard"] = write_tensorboard(
+            run_dir,
+            job_cfg,
+            member_hparams(job_cfg, plan, members, valid, info["objective"]),
+            result,
+            valid,
+            settings,
+            options.get("hparams_members"),
+        )
+    write_population(run_dir, plan, members, result, valid, problems, info, extra)
     log.info("gdlab: %s", population_line(result, members, valid))
     log.info("gdlab: run directory %s", run_dir)
     if "interrupted" in result.status:
@@ -119,6 +132,32 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
         if s in ("finished", "converged") and math.isfinite(float(result.final_loss[j]))
     ]
     return min(ranked, default=math.inf)
+
+
+def member_hparams(
+    cfg: DictConfig, plan: JobPlan, members: Any, valid: list[int], objective: str
+) -> list[dict[str, Any]]:
+    """Each trained member's HParams: what its plain job would report (the overridden keys in
+    command-line order, then objective, lr, momentum, steps, device, dtype)."""
+    from gdlab.experiment import main_hparams
+    from gdlab.sweep import hparam_value, override_hparams
+
+    shared = override_hparams(cfg, [plan.shared[k] for k in plan.order if k in plan.shared])
+    main = main_hparams(cfg, objective)
+    columns = plan.columns()
+    out = []
+    for i in valid:
+        hparams: dict[str, Any] = {}
+        for key in plan.order:
+            if key in BATCHABLE and BATCHABLE[key] in columns:
+                hparams[key] = hparam_value(columns[BATCHABLE[key]][i])
+            elif key in shared:
+                hparams[key] = shared[key]
+        hparams.update(main)
+        hparams["optimizer.lr"] = members.lr[i]
+        hparams["optimizer.momentum"] = members.momentum[i]
+        out.append(hparams)
+    return out
 
 
 def objective_label(objective: Any) -> str:
@@ -177,6 +216,7 @@ def population_line(result: Any, members: Any, valid: list[int]) -> str:
 def write_population(
     run_dir: Path,
     plan: JobPlan,
+    members: Any,
     result: Any,
     valid: list[int],
     problems: dict[int, str],
@@ -236,6 +276,7 @@ def write_population(
         "minimum": None if result is None else json_number(result.minimum),
         **extra,
         "overrides": member_overrides(plan),
+        "lr": [json_number(_float(v)) for v in members.lr],
         "status": status,
         "steps": steps,
         "final_loss": final_loss,
@@ -246,6 +287,13 @@ def write_population(
         "params": params,
     }
     write_json_atomic(run_dir / POPULATION_JSON, document)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _nest(values: list[Any], shape: tuple[int, ...]) -> list[Any]:
