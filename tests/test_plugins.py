@@ -182,6 +182,15 @@ def test_a_default_no_config_can_hold_is_left_to_the_constructor() -> None:
     assert [name for name, _, _ in nodes.config_fields(TensorDefault)] == ["lr"]
 
 
+def test_a_class_is_found_under_its_entry_point_path_and_its_own() -> None:
+    """`pkg:Good` re-exported from `pkg/__init__.py`: both paths name the same entry."""
+    reg = Registry(entries={"good": nodes.ObjectiveEntry("good", "pkg", "pkg:Good", CpuLoss)})
+    assert reg.for_target("pkg.Good").name == "good"
+    assert reg.for_target("tests.test_plugins.CpuLoss").name == "good"
+    assert reg.for_class(CpuLoss).name == "good"
+    assert reg.for_target("tests.test_plugins.Other") is None
+
+
 # ---------------------------------------------------------------- failures, one line each
 
 
@@ -336,10 +345,10 @@ def test_broken_plugins_fail_in_one_line_and_the_rest_still_run(
     ok = run_cli("objective=good", "trainer.steps=5", f"hydra.run.dir={tmp_path / 'ok'}", env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["objective"] == "good"
+    # One of each kind (the in-process tests above cover every case): discovery, a check at
+    # build time, a clash, a missing required field.
     expected = {
         "bad_import": "cannot import it",
-        "no_loss": "has no loss method",
-        "vector_loss": "must be a scalar",
         "meta_loss": "on meta",
         "twin": "claimed by 2 packages",
         "needs_scale": "needs objective.scale",

@@ -70,7 +70,7 @@ def plain(value: Any) -> Any:
     return value
 
 
-def make_field(typ: Any, default: Any) -> dataclasses.Field:
+def make_field(default: Any) -> dataclasses.Field:
     if default is MISSING or not isinstance(default, list | dict):
         return dataclasses.field(default=default)
     return dataclasses.field(default_factory=lambda: plain(default))
@@ -78,7 +78,7 @@ def make_field(typ: Any, default: Any) -> dataclasses.Field:
 
 def accepts(name: str, typ: Any, default: Any) -> bool:
     """Whether OmegaConf can hold this field with this type and default."""
-    probe = dataclasses.make_dataclass("Probe", [(name, typ, make_field(typ, default))])
+    probe = dataclasses.make_dataclass("Probe", [(name, typ, make_field(default))])
     try:
         OmegaConf.structured(probe)
     except Exception:
@@ -109,7 +109,7 @@ def config_fields(cls: type) -> list[tuple[str, Any, dataclasses.Field]]:
             typ = Any
             if not accepts(param.name, typ, default):
                 continue  # a default no config can hold: the constructor keeps it
-        fields.append((param.name, typ, make_field(typ, default)))
+        fields.append((param.name, typ, make_field(default)))
     return fields
 
 

@@ -25,6 +25,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gdlab.errors import GdlabError
+from gdlab.objectives.base import Objective
 from gdlab.plugin_configs import PluginConfigDir, distribution_name, plugin_config_dirs
 
 OBJECTIVES_GROUP = "gdlab.objectives"
@@ -33,6 +34,10 @@ GDLAB_PACKAGE = "gdlab"
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 #: the methods every objective must have
 REQUIRED_METHODS = ("init_params", "loss")
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def target_path(value: str) -> str:
@@ -99,14 +104,19 @@ class Registry:
         return entry
 
     def for_target(self, target: str) -> ObjectiveEntry | None:
-        """The entry whose class `_target_` names (gdlab's own entries first)."""
+        """The entry whose class `_target_` names, by the entry point's path or the class's own
+        (a class re-exported by a package's `__init__`); gdlab's own entries first."""
         wanted = target_path(str(target))
-        matches = [e for e in self.entries.values() if e.target == wanted]
+        matches = [
+            e
+            for e in self.entries.values()
+            if wanted in (e.target, class_path(e.cls) if e.cls is not None else None)
+        ]
         matches.sort(key=lambda e: (e.package != GDLAB_PACKAGE, e.name))
         return matches[0] if matches else None
 
     def for_class(self, cls: type) -> ObjectiveEntry | None:
-        return self.for_target(f"{cls.__module__}.{cls.__qualname__}")
+        return self.for_target(class_path(cls))
 
 
 def contract_problem(obj: Any) -> str | None:
@@ -115,8 +125,6 @@ def contract_problem(obj: Any) -> str | None:
         return f"it points at {type(obj).__name__} {obj!r}, not a class"
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(obj, m, None))]
     # Subclasses of the base class inherit placeholders that only raise NotImplementedError.
-    from gdlab.objectives.base import Objective
-
     if issubclass(obj, Objective):
         missing += [m for m in REQUIRED_METHODS if getattr(obj, m) is getattr(Objective, m)]
     if missing:
