@@ -113,42 +113,49 @@ class Members:
         """Member index -> why a plain run with its settings would refuse to start.
 
         A population job leaves those members out (they are reported as failed, as their
-        plain jobs would be) and trains the rest. Checked once per distinct setting.
+        plain jobs would be) and trains the rest. `SGDSettings`' checks look at one field at a
+        time, except Nesterov's (with momentum and dampening), so each check runs once per
+        distinct value of its fields, in `SGDSettings`' order: a member gets the message its
+        plain run would print first. Cheap for a million members with distinct lrs.
         """
-        verdicts: dict[tuple[Any, ...], str | None] = {}
+        defaults = {"lr": 1.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False}
+        checks = [("seed",), ("lr",), ("momentum",), ("dampening",)]
+        checks += [("nesterov", "momentum", "dampening"), ("weight_decay",), ("clip_norm",)]
         found: dict[int, str] = {}
-        for i, row in enumerate(zip(*(getattr(self, f.name) for f in fields(self)), strict=True)):
-            if row not in verdicts:
-                try:
-                    Members(*([v] for v in row)).validate()
-                    verdicts[row] = None
-                except GdlabError as err:
-                    verdicts[row] = str(err)
-            if verdicts[row] is not None:
-                found[i] = verdicts[row]  # type: ignore[assignment]
+        for names in checks:
+            columns = [getattr(self, n) for n in names]
+            verdicts: dict[tuple[Any, ...], str | None] = {}
+            for i, values in enumerate(zip(*columns, strict=True)):
+                if values not in verdicts:
+                    verdicts[values] = _refusal(dict(zip(names, values, strict=True)), defaults)
+                message = verdicts[values]
+                if message is not None and i not in found:
+                    found[i] = message
         return found
 
     def select(self, rows: Sequence[int]) -> Members:
         return Members(*([getattr(self, f.name)[i] for i in rows] for f in fields(self)))
 
     def validate(self) -> None:
-        """Apply `SGDSettings`' checks to every distinct setting (same messages as a plain run)."""
-        coerced = {
-            "lr": [_number(MEMBER_KEYS["lr"], v) for v in self.lr],
-            "momentum": [_number(MEMBER_KEYS["momentum"], v) for v in self.momentum],
-            "dampening": [_number(MEMBER_KEYS["dampening"], v) for v in self.dampening],
-            "nesterov": [_boolean(MEMBER_KEYS["nesterov"], v) for v in self.nesterov],
-            "weight_decay": [_number(MEMBER_KEYS["weight_decay"], v) for v in self.weight_decay],
-            "clip_norm": [
-                None if v is None else _number(MEMBER_KEYS["clip_norm"], v) for v in self.clip_norm
-            ],
-            "seed": [_integer(MEMBER_KEYS["seed"], v) for v in self.seed],
-        }
-        for name, column in coerced.items():
-            setattr(self, name, column)
-        optimizer_fields = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
-        for setting in set(zip(*(coerced[k] for k in optimizer_fields), strict=True)):
-            SGDSettings(**dict(zip(optimizer_fields, setting, strict=True)))
+        """Refuse the first member a plain run would refuse (same message), and convert the
+        columns to the types the update needs (ints to floats)."""
+        problems = self.problems()
+        if problems:
+            raise GdlabError(problems[min(problems)])
+        for f in fields(self):
+            key, convert = MEMBER_KEYS[f.name], _COERCE[f.name]
+            setattr(self, f.name, [convert(key, v) for v in getattr(self, f.name)])
+
+
+def _refusal(values: dict[str, Any], defaults: dict[str, Any]) -> str | None:
+    """Why one member with these field values (the rest valid defaults) would be refused."""
+    try:
+        row = {k: _COERCE[k](MEMBER_KEYS[k], v) for k, v in values.items()}
+        row.pop("seed", None)
+        SGDSettings(**{**defaults, **row})
+    except GdlabError as err:
+        return str(err)
+    return None
 
 
 def _number(key: str, value: Any) -> float:
@@ -167,6 +174,17 @@ def _integer(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise GdlabError(f"{key}={value!r} is not an integer")
     return value
+
+
+_COERCE: dict[str, Callable[[str, Any], Any]] = {
+    "lr": _number,
+    "momentum": _number,
+    "dampening": _number,
+    "nesterov": _boolean,
+    "weight_decay": _number,
+    "clip_norm": lambda key, value: None if value is None else _number(key, value),
+    "seed": _integer,
+}
 
 
 # --------------------------------------------------------------------------------------------

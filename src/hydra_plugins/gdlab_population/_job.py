@@ -70,12 +70,16 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     problems = members.problems()
     sched = cfg.optimizer.schedule
     spec = ScheduleSpec(sched.name, sched.step_size, sched.gamma, sched.min_lr)
-    for i, lr in enumerate(members.lr):  # cosine's min_lr <= lr, per member as in plain runs
-        if i not in problems:
-            try:
-                spec.check([float(lr)], int(cfg.trainer.steps))
-            except GdlabError as err:
-                problems[i] = str(err)
+    # The schedule's checks depend on lr only through cosine's min_lr <= lr: per distinct lr.
+    steps, refused = int(cfg.trainer.steps), {}
+    for lr in set(members.lr) if spec.name == "cosine" else {members.lr[0]}:
+        try:
+            spec.check([float(lr)], steps)
+        except GdlabError as err:
+            refused[lr] = str(err)
+    for i, lr in enumerate(members.lr):
+        if i not in problems and (lr in refused or (refused and spec.name != "cosine")):
+            problems[i] = refused.get(lr) or next(iter(refused.values()))
     valid = [i for i in range(plan.count) if i not in problems]
     run_dir.mkdir(parents=True, exist_ok=True)
     if not valid:

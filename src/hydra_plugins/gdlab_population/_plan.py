@@ -123,12 +123,43 @@ def read_plan(sweep_dir: Path | str, label: Any) -> JobPlan:
         ) from None
 
 
+#: the schema type of each batchable key, for converting typed sweep values without OmegaConf
+_KINDS: dict[str, type] = {
+    "optimizer.lr": float,
+    "optimizer.momentum": float,
+    "optimizer.dampening": float,
+    "optimizer.nesterov": bool,
+    "optimizer.weight_decay": float,
+    "optimizer.clip_norm": float,  # or null
+    "trainer.seed": int,
+}
+_NODES: dict[str, Any] = {}
+
+
 def coerce(key: str, value: Any) -> Any:
-    """A swept value converted as the config schema converts it (`'0.1'` -> 0.1, `true`)."""
+    """A swept value converted as the config schema converts it (`'0.1'` -> 0.1, `true`).
+
+    Numbers and booleans of the right kind are converted directly (a 10,000-value range must
+    not build 10,000 config nodes); anything else goes through the schema's own node.
+    """
+    kind = _KINDS[key]
+    if value is None and key == "optimizer.clip_norm":
+        return None
+    if isinstance(value, bool):
+        if kind is bool:
+            return value
+    elif kind is float and isinstance(value, int | float):
+        return float(value)
+    elif kind is int and isinstance(value, int):
+        return value
     from gdlab.config import OptimizerConfig, TrainerConfig
 
     group, leaf = key.split(".", 1)
-    node = OmegaConf.structured(OptimizerConfig if group == "optimizer" else TrainerConfig)
+    if group not in _NODES:
+        _NODES[group] = OmegaConf.structured(
+            OptimizerConfig if group == "optimizer" else TrainerConfig
+        )
+    node = _NODES[group]
     try:
         node[leaf] = value
     except OmegaConfBaseException as err:
