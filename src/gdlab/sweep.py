@@ -578,7 +578,7 @@ def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> N
     """The top of the table and where the rest is, on the console."""
     stream = stream or sys.stdout
     print(f"gdlab: sweep {summary.sweep_dir}: {headline(summary.rows)}", file=stream)
-    if summary.rows:
+    if summary.rows and top > 0:
         print(markdown_table(summary.rows, limit=top), file=stream)
     written = [summary.csv_path, summary.md_path, summary.plot_path]
     print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
