@@ -8,13 +8,12 @@ at any moment leaves either the previous checkpoint or the new one, never half o
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gdlab.atomic import write_atomic
 from gdlab.errors import GdlabError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -36,32 +35,8 @@ REQUIRED = {
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Atomically write `state` (plus format tag and version) as `run_dir/checkpoint.pt`."""
-    path = Path(run_dir) / CHECKPOINT_NAME
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where directories can't be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return write_atomic(Path(run_dir) / CHECKPOINT_NAME, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from gdlab.atomic import write_atomic
 from gdlab.events import LogRecord, RunInfo, RunResult
 
 
@@ -20,20 +19,9 @@ def json_number(value: float | None) -> float | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """metrics.json and friends: pretty JSON, strict (no NaN), written atomically."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def result_to_metrics(info: RunInfo, result: RunResult) -> dict[str, Any]:
