@@ -71,3 +71,6 @@ class Sink(Protocol):
     def finish(self, result: RunResult) -> None: ...
 
     def close(self) -> None: ...
+
+
+# Sinks that buffer may also define `flush()`: the trainer calls it with every checkpoint.

@@ -321,6 +321,10 @@ class Trainer:
         assert self.checkpoint is not None
         state = self.state_dict(step, status)
         state["elapsed_s"] = self.elapsed_before + time.perf_counter() - session_start
+        for sink in self.sinks:  # what was logged up to here survives a crash with the checkpoint
+            flush = getattr(sink, "flush", None)
+            if flush is not None:
+                flush()
         self.checkpoint(state)
 
     def state_dict(self, step: int, status: str) -> dict[str, Any]:

@@ -146,6 +146,10 @@ class TensorBoardSink:
         self.session_open = False
         self.writer.flush()
 
+    def flush(self) -> None:
+        """Write buffered events now (the trainer calls it with every checkpoint)."""
+        self.writer.flush()
+
     def close(self) -> None:
         if self.session_open:  # the run raised before it finished
             self.add_summary(hparams_end_summary("STATUS_FAILURE"), step=0)
