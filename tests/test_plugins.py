@@ -83,11 +83,15 @@ def registry_eps() -> list:
 
 @pytest.fixture
 def clean_store() -> Iterator[ConfigStore]:
-    """Let a test store nodes in Hydra's ConfigStore; put the old contents back afterwards."""
+    """Let a test store objective nodes in Hydra's ConfigStore; restore the group afterwards.
+
+    Only the `objective` group: Hydra stores its own nodes (hydra/sweeper/basic, ...) the first
+    time it scans its plugins, which may happen during the test, and those must stay.
+    """
     store = ConfigStore.instance()
-    saved = copy.deepcopy(store.repo)
+    saved = copy.copy(store.repo.get("objective", {}))
     yield store
-    store.repo = saved
+    store.repo["objective"] = saved
 
 
 @pytest.fixture
