@@ -141,7 +141,7 @@ def compare(args: argparse.Namespace) -> None:
 # --- memory -----------------------------------------------------------------------------------
 
 
-def measure_training(k: int, steps: int, device: str) -> dict:
+def measure_training(k: int, steps: int, device: str, extra: list[str]) -> dict:
     """In this process: peak RSS of training k members of the default regression."""
     from hydra import compose, initialize_config_dir
 
@@ -151,7 +151,13 @@ def measure_training(k: int, steps: int, device: str) -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             "config",
-            [*WORKLOAD, f"trainer.steps={steps}", f"device={device}", "trainer.progress=false"],
+            [
+                *WORKLOAD,
+                f"trainer.steps={steps}",
+                f"device={device}",
+                "trainer.progress=false",
+                *extra,
+            ],
         )
     trainer = from_config(cfg, {"lr": [LR_MAX * (i + 1) / k for i in range(k)]})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -200,27 +206,38 @@ def memory(args: argparse.Namespace) -> None:
     print()
     print(f"{'K':>10} {'training peak RSS':>18} {'over start':>11} {'bytes/member':>13}")
     points = []
+
+    def train(k: int, *extra: str, steps: int = args.memory_steps) -> dict:
+        command = [
+            sys.executable,
+            __file__,
+            "--_measure",
+            str(k),
+            "--memory-steps",
+            str(steps),
+            "--device",
+            args.device,
+            *extra,
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env=ENV)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     for k in args.memory_ks:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--_measure",
-                str(k),
-                "--memory-steps",
-                str(args.memory_steps),
-                "--device",
-                args.device,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        m = json.loads(out.stdout.strip().splitlines()[-1])
+        m = train(k)
         points.append(m)
         growth = m["peak"] - m["before"]
         print(
             f"{k:>10} {m['peak'] / 2**20:>15.0f} MiB {growth / 2**20:>7.0f} MiB {growth / k:>13.0f}"
+        )
+    # The same K with 100 times the data (2 steps: the peak comes with the first one): the
+    # per-member temporaries are chunked, so the peak must not grow with the data.
+    k = args.memory_ks[0]
+    for n in (100, 10_000):
+        m = train(k, f"objective.n_samples={n}", steps=2)
+        growth = m["peak"] - m["before"]
+        print(
+            f"{k:>10} {m['peak'] / 2**20:>15.0f} MiB {growth / 2**20:>7.0f} MiB "
+            f"{growth / k:>13.0f}   objective.n_samples={n} (members per chunk {m['chunk']})"
         )
     (a, b) = points[-2], points[-1]
     slope = (b["peak"] - a["peak"]) / (b["k"] - a["k"])
@@ -285,7 +302,8 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more overrides for both commands")
     args = parser.parse_args()
     if args._measure is not None:
-        print(json.dumps(measure_training(args._measure, args.memory_steps, args.device)))
+        result = measure_training(args._measure, args.memory_steps, args.device, args.extra)
+        print(json.dumps(result))
         return
     if args.plain_jobs < 2:
         sys.exit("bench_population: --plain-jobs must be >= 2")

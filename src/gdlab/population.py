@@ -236,10 +236,6 @@ class ScheduleSpec:
 LossFn = Callable[..., Tensor]
 
 
-def _member(params: Params, i: int) -> Params:
-    return {k: v[i] for k, v in params.items()}
-
-
 def _call(loss: LossFn, params: Params, batch: Tensor | None) -> Tensor:
     return loss(params) if batch is None else loss(params, batch)
 
@@ -377,7 +373,11 @@ class BatchedLoss:
         size = self.chunk_size or count
         if size >= count:
             return impl(self.loss, params, batch)
-        values, grads = [], {k: [] for k in params}
+        # Results go straight into buffers allocated once: small per-chunk outputs kept alive
+        # between the chunks' temporaries fragment glibc's heap so that the temporaries of
+        # every chunk pile up (measured: 850 MB instead of 3 MB for 300 chunks).
+        values: Tensor | None = None
+        grads = {k: torch.empty_like(v) for k, v in params.items()}
         for start in range(0, count, size):
             part = slice(start, start + size)
             value, part_grads = impl(
@@ -385,10 +385,14 @@ class BatchedLoss:
                 {k: v[part] for k, v in params.items()},
                 None if batch is None else batch[part],
             )
-            values.append(value)
+            if values is None:
+                values = value.new_empty(count)
+            values[part].copy_(value)
             for k, g in part_grads.items():
-                grads[k].append(g)
-        return torch.cat(values), {k: torch.cat(v) for k, v in grads.items()}
+                grads[k][part].copy_(g)
+            del value, part_grads
+        assert values is not None
+        return values, grads
 
 
 class _Mismatch(Exception):
@@ -767,44 +771,73 @@ class _Final:
             param_norm = _norms(params, rows).amax(dim=1)
             stats = torch.stack([loss.detach().reshape(rows), grad_norm, param_norm]).double()
         loss64, grad64, param64 = stats
-        if end is not None:
-            stop = active
-        else:
-            stop = active & (
-                ~torch.isfinite(loss64)
-                | ~torch.isfinite(param64)
-                | (param64 > s.divergence_bound)
-                | ~torch.isfinite(grad64)
-                | (grad64 < s.tol)
-            )
-        stopped = stop.nonzero().reshape(-1)
-        if stopped.numel() == 0:
+        rule = (
+            ~torch.isfinite(loss64)
+            | ~torch.isfinite(param64)
+            | (param64 > s.divergence_bound)
+            | ~torch.isfinite(grad64)
+            | (grad64 < s.tol)
+        )
+        interrupted = end is not None and end[0] == "interrupted"
+        # Rows the rule stops get the plain trainer's own verdict and message, one by one;
+        # at the end the rest finish (or all are interrupted) without Python per row.
+        stopped = (active if interrupted else active & rule).nonzero().reshape(-1)
+        forced = end if interrupted else None
+        done = self._stopped(s, step, stopped, index, stats, forced, fallback=end)
+        if end is not None and not interrupted:
+            rest = (active & ~rule).nonzero().reshape(-1)
+            done = torch.cat([done, rest])
+            for block in _row_blocks(rest):
+                for member in _rows(index, block).tolist():
+                    self.status[member], self.steps[member] = "finished", step
+        if done.numel() == 0:
             return 0
-        members = _rows(index, stopped).tolist()
-        values = stats.index_select(1, stopped).T.tolist()
-        done: list[int] = []
-        for row, member, (loss_v, grad_v, param_v) in zip(
-            stopped.tolist(), members, values, strict=True
-        ):
-            if end is not None and end[0] == "interrupted":
-                verdict: tuple[str, str | None] | None = end
-            else:
-                verdict = _plain_verdict(s, step, loss_v, grad_v, param_v)
-            if verdict is None and end is None:
-                continue  # the vectorised rule and the plain one disagree: the plain one wins
-            status, reason = verdict if verdict is not None else end  # type: ignore[misc]
-            self.status[member], self.reason[member], self.steps[member] = status, reason, step
-            done.append(row)
-        if not done:
-            return 0
-        done_rows = torch.tensor(done, device=loss.device)
-        done_members = _rows(index, done_rows)
-        self.loss.index_copy_(0, done_members, _rows(stats[0], done_rows))
-        self.grad_norm.index_copy_(0, done_members, _rows(stats[1], done_rows))
+        done_members = _rows(index, done)
+        self.loss.index_copy_(0, done_members, _rows(stats[0], done))
+        self.grad_norm.index_copy_(0, done_members, _rows(stats[1], done))
         for k, v in params.items():
-            self.params[k].index_copy_(0, done_members, _rows(v.detach(), done_rows))
-        active.index_fill_(0, done_rows, False)
-        return len(done)
+            self.params[k].index_copy_(0, done_members, _rows(v.detach(), done))
+        active.index_fill_(0, done, False)
+        return int(done.numel())
+
+    def _stopped(
+        self,
+        settings: TrainerSettings,
+        step: int,
+        stopped: Tensor,
+        index: Tensor,
+        stats: Tensor,
+        forced: tuple[str, str | None] | None,
+        fallback: tuple[str, str | None] | None,
+    ) -> Tensor:
+        """Record the verdict of each row in `stopped`; returns the rows that did stop.
+
+        `forced` overrides the stop rules (an interrupt); `fallback` ends a row that they let
+        go on (at the end of the budget: finished).
+
+        Rows are read back in blocks, so a million members stopping at once never become a
+        million Python objects at a time.
+        """
+        done: list[Tensor] = []
+        for block in _row_blocks(stopped):
+            members = _rows(index, block).tolist()
+            values = stats.index_select(1, block).T.tolist()
+            keep = []
+            for position, (member, (loss_v, grad_v, param_v)) in enumerate(
+                zip(members, values, strict=True)
+            ):
+                verdict = forced or _plain_verdict(settings, step, loss_v, grad_v, param_v)
+                verdict = verdict or fallback
+                if verdict is None:
+                    continue  # the vectorised rule and the plain one disagree: plain wins
+                self.status[member], self.reason[member] = verdict
+                self.steps[member] = step
+                keep.append(position)
+            if len(keep) == len(members):
+                done.append(block)
+            elif keep:
+                done.append(block[torch.tensor(keep, device=block.device)])
+        return torch.cat(done) if done else stopped[:0]
 
     def result(self, trainer: PopulationTrainer, wall: float, step: int) -> PopulationResult:
         objective = trainer.objective
@@ -833,6 +866,10 @@ class _Final:
             steps_run=step,
             rejected=dict(trainer.batched.rejected),
         )
+
+
+def _row_blocks(rows: Tensor, size: int = 1 << 16) -> list[Tensor]:
+    return [rows[start : start + size] for start in range(0, rows.numel(), size)]
 
 
 def _norms(tensors: Params, rows: int) -> Tensor:
