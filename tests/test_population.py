@@ -388,3 +388,45 @@ def test_members_from_rows_fill_in_the_base() -> None:
     assert members.lr == [0.1, 0.2] and members.seed == [0, 4]
     assert members.row(1) == {"lr": 0.2, **_defaults(), "seed": 4}
     assert members.sgd_settings(0).lr == 0.1
+
+
+# --- memory grows with K x parameter size, not K x data size -------------------------------
+
+MEASURE = """
+import resource, sys
+from tests.conftest import compose_config
+from gdlab.population import from_config
+n, k = int(sys.argv[1]), int(sys.argv[2])
+cfg = compose_config(["trainer.progress=false", "experiment=linear_regression",
+                      "trainer.steps=2", f"objective.n_samples={n}"])
+trainer = from_config(cfg, {"lr": [0.5 * (i + 1) / k for i in range(k)]})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+trainer.run()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def peak_growth(n_samples: int, members: int) -> int:
+    """Bytes the peak resident memory grows by while training, in a fresh process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(n_samples), str(members)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_memory_does_not_grow_with_the_data() -> None:
+    # Unbatched per member, 50 times the data would add 4000 x 5000 x 4 bytes = 80 MB per
+    # temporary (several per step); chunking keeps the temporaries to a few MB either way.
+    small, large = peak_growth(100, 4000), peak_growth(5000, 4000)
+    assert large < small + 40 * 2**20, (small, large)
