@@ -202,18 +202,19 @@ def population_line(result: Any, members: Any, valid: list[int]) -> str:
     failed = len(members) - len(valid)
     if failed:
         tally += f", {failed} failed"
-    best, best_loss = None, math.inf
-    for j, status in enumerate(result.status):
-        loss = float(result.final_loss[j])
-        if status in ("finished", "converged") and loss < best_loss:
-            best, best_loss = j, loss
+    from hydra_plugins.gdlab_population._tensorboard import representatives
+
+    best = representatives(result).get("best")
+    if best is not None and result.status[best] not in ("finished", "converged"):
+        best = None  # nobody finished: no best
     text = f"population of {len(members)}: {tally}"
     if best is not None:
         row = members.row(valid[best])
         text += f"; best lr={row['lr']:g}"
         if any(members.momentum):
             text += f", momentum={row['momentum']:g}"
-        text += f" (loss {best_loss:.6g}, {result.strategy} in {result.wall_time_s:.3g} s)"
+        loss = float(result.final_loss[best])
+        text += f" (loss {loss:.6g}, {result.strategy} in {result.wall_time_s:.3g} s)"
     return text
 
 

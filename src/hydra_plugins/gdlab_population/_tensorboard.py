@@ -138,14 +138,19 @@ def member_session(
     return write_events(log_dir, events)
 
 
-def representatives(losses: Sequence[float], statuses: Sequence[str]) -> dict[str, int]:
-    """Best, median and worst member (positions in `losses`): by final loss, a member that
-    diverged (or whose loss is not finite) counting as the worst."""
+def representatives(result: Any) -> dict[str, int]:
+    """Best, median and worst member (positions in the result), ranked as the sweep summary
+    ranks jobs: final loss, then distance to the minimiser, then fewer steps; a member that
+    diverged (or whose loss is not finite) counts as the worst."""
+    losses = result.final_loss.tolist()
+    distance = result.distance_to_minimizer
+    distances = distance.tolist() if distance is not None else [0.0] * len(losses)
 
-    def key(j: int) -> tuple[float, int]:
-        loss = losses[j]
-        bad = statuses[j] not in ("finished", "converged") or not math.isfinite(loss)
-        return (math.inf if bad else loss, j)
+    def key(j: int) -> tuple[float, float, float, int]:
+        bad = result.status[j] not in ("finished", "converged") or not math.isfinite(losses[j])
+        if bad:
+            return (math.inf, math.inf, math.inf, j)
+        return (losses[j], distances[j], result.steps[j], j)
 
     order = sorted(range(len(losses)), key=key)
     if not order:
@@ -182,7 +187,7 @@ def write_tensorboard(
     losses = result.final_loss.tolist()
     distances = None if result.distance_to_minimizer is None else result.distance_to_minimizer
     distance_list = None if distances is None else distances.tolist()
-    picks = representatives(losses, result.status)
+    picks = representatives(result)
     width = max(5, len(str(max(member_index, default=0))))
     for j in spread(len(losses), limit, list(picks.values())):
         member_session(
