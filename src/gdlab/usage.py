@@ -16,6 +16,7 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from gdlab import config as schemas
@@ -38,10 +39,12 @@ def allowed_keys(parent: str) -> str | None:
     return ", ".join(f.name for f in dataclasses.fields(schema))
 
 
-def enum_choices(message: str) -> str | None:
-    """OmegaConf names an enum's valid values as 'Valid values: [a, b]' or similar."""
-    found = re.search(r"\[(.*?)\]", message.split("\n")[0])
-    return found.group(1) if found else None
+def node_keys(node: object) -> str | None:
+    """The keys of the config node an unknown key was looked up in (e.g. an objective's)."""
+    if not isinstance(node, DictConfig):
+        return None
+    keys = [str(k) for k in node if not str(k).startswith("_")]
+    return ", ".join(keys) or None
 
 
 def first_line(text: str) -> str:
@@ -55,7 +58,7 @@ def describe_omegaconf(err: OmegaConfBaseException, override: str | None) -> str
     lowered = msg.lower()
     if "not in" in lowered or "not found" in lowered or "is not in struct" in lowered:
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = allowed_keys(parent)
+        allowed = allowed_keys(parent) or node_keys(getattr(err, "parent_node", None))
         hint = f"; allowed keys: {allowed}" if allowed else ""
         return f"unknown key {key}{hint}"
     enum_type = getattr(err, "ref_type", None)

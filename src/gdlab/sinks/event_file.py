@@ -58,9 +58,13 @@ class EventFile:
     """Append events to `events.out.tfevents.*` in `log_dir`; flushed every `flush_secs`."""
 
     def __init__(self, log_dir: Path, flush_secs: float = 10.0, max_pending: int = 1000) -> None:
+        # TensorBoard reads a directory's event files in name order, and a resumed run's
+        # purge of the interrupted session's points only works if the newer file sorts
+        # later: so the microseconds come right after the seconds, before host and pid.
+        now = time.time_ns() // 1000
         name = (
-            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_FILE_COUNTER)}"
+            f"events.out.tfevents.{now // 10**6:010d}.{now % 10**6:06d}."
+            f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_COUNTER)}"
         )
         self.path = Path(log_dir) / name
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the run
