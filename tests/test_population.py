@@ -175,6 +175,14 @@ def test_each_member_equals_its_plain_run(name: str, dtype: str) -> None:
     assert statuses & {"finished", "converged"}
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["linear_regression", "linear_regression_minibatch", "matrix"])
+def test_members_equal_plain_runs_on_cuda(name: str) -> None:
+    overrides, columns = CASES[name]
+    result = check_population([*overrides, "device=cuda", "device.dtype=float64"], columns)
+    assert result.params[next(iter(result.params))].device.type == "cpu"  # results come back
+
+
 def test_every_objective_gdlab_ships_is_compared() -> None:
     from gdlab.objectives.registry import GDLAB_PACKAGE, registry
 
