@@ -21,6 +21,8 @@ from hydra_plugins.gdlab_population._plan import (
     coerce,
     member_overrides,
     plan_sweep,
+    read_plan,
+    write_plans,
 )
 from tests.conftest import run_cli
 
@@ -82,6 +84,25 @@ def test_values_are_converted_as_the_schema_converts_them() -> None:
     }
     assert p.shared == {"optimizer.lr": "optimizer.lr=1"}  # not swept: part of the job
     assert coerce("optimizer.lr", "0.5") == 0.5 and coerce("trainer.seed", 3) == 3
+
+
+def test_plans_round_trip_through_the_sweep_directory(tmp_path: Path) -> None:
+    plans = plan(
+        "objective=quadratic,matrix",
+        "optimizer.lr=range(0.1,0.6,0.1)",
+        "optimizer.clip_norm=null,1",
+        "optimizer.nesterov=false",
+        max_members=4,
+    )
+    write_plans(tmp_path, plans)
+    assert len(list((tmp_path / ".population").glob("*.json"))) == len(plans) + 1  # + axes
+    for original in plans:
+        loaded = read_plan(tmp_path, original.label)
+        assert loaded == original
+        assert loaded.columns() == original.columns()
+        assert member_overrides(loaded) == member_overrides(original)
+    with pytest.raises(GdlabError, match="started by the population sweeper"):
+        read_plan(tmp_path, 99)
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ MEMBER_KEYS: dict[str, str] = {
     "seed": "trainer.seed",
 }
 STRATEGIES = ("auto", "broadcast", "vmap", "loop")
-#: per-member temporaries allowed in one evaluation, in tensor elements, by device type
+#: per-member temporaries allowed in one evaluation, in tensor elements, by device type (on a
+#: GPU at least this, or more where its free memory allows: see `auto_chunk_size`)
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
@@ -298,6 +299,9 @@ def auto_chunk_size(objective: Objective, device: torch.device) -> int:
     """
     data = sum(v.numel() for v in vars(objective).values() if isinstance(v, Tensor))
     budget = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"])
+    if device.type == "cuda":  # a GPU has room: up to 1/64 of its free memory in elements
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = max(budget, free // 64)
     return max(1, budget // max(1, 4 * data))
 
 

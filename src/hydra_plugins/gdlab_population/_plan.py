@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ UNSUPPORTED = {"trainer.resume": "population jobs do not resume runs; resume a p
 #: the override that marks a job as a population job, and the folder of the plan files
 LABEL_KEY = "population"
 PLAN_DIR = ".population"
+AXES_FILE = "axes.json"
 
 
 @dataclass
@@ -88,39 +89,47 @@ class JobPlan:
         return {a.key: [a.strings[c[i]] for c in combos] for i, a in enumerate(self.axes)}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The job's own part; the axes, the same for every job, are stored once."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "axes"}
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> JobPlan:
-        data = dict(data)
-        data["axes"] = [Axis(**a) for a in data.get("axes", [])]
-        return cls(**data)
+    def from_json(cls, data: dict[str, Any], axes: list[dict[str, Any]]) -> JobPlan:
+        return cls(**data, axes=[Axis(**a) for a in axes])
 
 
 def plan_path(sweep_dir: Path | str, label: Any) -> Path:
     return Path(sweep_dir) / PLAN_DIR / f"{int(label)}.json"
 
 
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_plans(sweep_dir: Path, plans: Sequence[JobPlan]) -> None:
-    """One small JSON file per job under `<sweep dir>/.population/`, written atomically."""
+    """`<sweep dir>/.population/`: the axes once (AXES_FILE), then a small file per job."""
     folder = Path(sweep_dir) / PLAN_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    axes = plans[0].axes if plans else []
+    assert all(p.axes is axes for p in plans), "every job of a sweep shares its axes"
+    _write_json(folder / AXES_FILE, [asdict(a) for a in axes])
     for plan in plans:
-        path = plan_path(sweep_dir, plan.label)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(plan.to_json()), encoding="utf-8")
-        os.replace(tmp, path)
+        _write_json(plan_path(sweep_dir, plan.label), plan.to_json())
 
 
 def read_plan(sweep_dir: Path | str, label: Any) -> JobPlan:
     path = plan_path(sweep_dir, label)
     try:
-        return JobPlan.from_json(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        axes = json.loads((path.parent / AXES_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GdlabError(
             f"+{LABEL_KEY}={label}: no population plan {path}; population jobs are started by "
             "the population sweeper (gdlab -m hydra/sweeper=population ...)"
         ) from None
+    return JobPlan.from_json(data, axes)
 
 
 #: the schema type of each batchable key, for converting typed sweep values without OmegaConf
