@@ -335,6 +335,47 @@ def test_probe_rejects_wrong_batching(
             torch.testing.assert_close(grads[k][i], leaf.grad, rtol=1e-12, atol=1e-12)
 
 
+class UnusedParameter(Objective):
+    """`z` never enters the loss: it has no gradient and plain SGD leaves it alone."""
+
+    name = "unused_parameter"
+
+    def init_params(self, generator: torch.Generator, device: Any, dtype: Any) -> Params:
+        return {
+            "x": torch.tensor([1.0, -2.0], device=device, dtype=dtype),
+            "z": torch.tensor([5.0], device=device, dtype=dtype),
+        }
+
+    def loss(self, params: Params) -> torch.Tensor:
+        return ((params["x"] - 1.5) ** 2).sum()
+
+
+def test_a_parameter_without_gradient_is_left_alone_as_in_a_plain_run() -> None:
+    from gdlab.optim import SGDSettings, UpdateRule
+    from gdlab.population import PopulationTrainer
+    from gdlab.schedules import make_schedule
+    from gdlab.trainer import Trainer, TrainerSettings
+
+    objective, settings = UnusedParameter(), TrainerSettings(steps=20, tol=0.0)
+    rows = [{"lr": 0.1, "momentum": 0.9, "weight_decay": 0.1}, {"lr": 0.2, "weight_decay": 0.3}]
+    members = Members.from_rows(rows, {"lr": 0.1, **_defaults()})
+    trainer = PopulationTrainer(
+        objective, members, settings, ScheduleSpec(), torch.device("cpu"), torch.float64
+    )
+    result = trainer.run()
+    assert trainer.batched.unused == {"z"}
+    for i, row in enumerate(rows):
+        start = objective.init_params(torch.Generator(), "cpu", torch.float64)
+        params = {k: v.requires_grad_(True) for k, v in start.items()}
+        rule = UpdateRule(SGDSettings(**row))
+        # zero_grad=set_to_none: with `zero`, trainer.py calls .zero_() on z's None gradient
+        plain_settings = TrainerSettings(steps=20, tol=0.0, set_to_none=True)
+        schedule = make_schedule("constant", row["lr"], 20)
+        plain = Trainer(objective.loss, params, rule, schedule, plain_settings).run()
+        assert plain.params["z"].tolist() == result.member(i).params["z"].tolist() == [5.0]
+        torch.testing.assert_close(result.member(i).params["x"], plain.params["x"])
+
+
 def test_chunks_give_the_same_results() -> None:
     overrides = ["experiment=linear_regression", "device.dtype=float64", "trainer.steps=30"]
     cfg = compose_config(["trainer.progress=false", *overrides])

@@ -279,6 +279,15 @@ def _loop(loss: LossFn, params: Params, batch: Tensor | None) -> tuple[Tensor, P
     return torch.stack(values), grads
 
 
+def _unused(loss: LossFn, params: Params, batch: Tensor | None) -> frozenset[str]:
+    """The parameters one member's loss has no gradient for (autograd says None)."""
+    leaves = {k: v[0].detach().clone().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        value = _call(loss, leaves, None if batch is None else batch[0])
+        grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    return frozenset(k for k, g in zip(leaves, grads, strict=True) if g is None)
+
+
 def _fill(leaves: Params, grads: Iterable[Tensor | None]) -> Params:
     """A parameter the loss does not use has gradient zero, as in the plain trainer."""
     return {
@@ -318,6 +327,8 @@ class BatchedLoss:
         self.chunk_size = chunk_size
         #: why each rejected strategy was rejected (filled by `choose`)
         self.rejected: dict[str, str] = {}
+        #: parameters the loss does not use (no gradient), found by `choose`
+        self.unused: frozenset[str] = frozenset()
 
     def choose(
         self, params: Params, batches: Sequence[Tensor | None] = (None,), seed: int = 0
@@ -330,6 +341,7 @@ class BatchedLoss:
         for the full batch), and compares members at both ends and the middle with plain
         one-setting autograd.
         """
+        self.unused = _unused(self.loss, params, batches[0] if batches else None)
         if self.strategy != "auto":
             return self.strategy
         count = next(iter(params.values())).shape[0]
@@ -507,11 +519,14 @@ def batched_sgd_update(
     hyper: _Hyper,
     lr: Tensor,
     flags: _Flags,
+    skip: frozenset[int] = frozenset(),
 ) -> list[Tensor] | None:
     """One `sgd_update` per member, in place on `params`; returns the momentum buffers.
 
     Where a member has a feature off (no momentum, no decay, no clipping) it takes exactly
     the plain branch (`torch.where`), so an infinity in an unused buffer cannot leak into it.
+    Parameters in `skip` (those the loss does not use: no gradient) are left alone, as
+    `UpdateRule` and torch.optim.SGD leave a parameter whose `.grad` is None.
     """
     if flags.clip:
         norms = torch.stack(
@@ -526,6 +541,10 @@ def batched_sgd_update(
     if flags.momentum and first:
         buffers = []
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if i in skip:
+            if flags.momentum and first:
+                buffers.append(grad)  # type: ignore[union-attr]  # a placeholder, never used
+            continue
         if flags.weight_decay:
             decay = _column(hyper.weight_decay, grad)
             grad = torch.where(decay != 0, torch.addcmul(grad, param, decay), grad)
@@ -682,6 +701,8 @@ class PopulationTrainer:
             )
         probes = [None] if sampler is None else [_probe_batch(self, count), None]
         self.batched.choose(params, probes)
+        names = list(params)
+        skip = frozenset(names.index(k) for k in self.batched.unused)
 
         final = _Final(count, params, self.device)
         index = torch.arange(count, device=self.device)  # working row -> member
@@ -720,7 +741,7 @@ class PopulationTrainer:
             lr = self.schedule.at(hyper.lr, step, settings.steps).to(self.dtype)
             with torch.no_grad():
                 buffers = batched_sgd_update(
-                    list(params.values()), list(grads.values()), buffers, hyper, lr, flags
+                    list(params.values()), list(grads.values()), buffers, hyper, lr, flags, skip
                 )
         wall = time.perf_counter() - start_time
         return final.result(self, wall, step)
