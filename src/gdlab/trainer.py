@@ -173,6 +173,9 @@ class Trainer:
         else:
             self.loss_and_grad = backward_full(lambda p: loss_fn(p, sampler.next()))
         self.params = params
+        self._tensors = list(params.values())
+        self._small = [(k, p) for k, p in params.items() if p.numel() <= SMALL_PARAM_NUMEL]
+        self._on_cpu = all(p.device.type == "cpu" for p in self._tensors)
         self.rule = rule
         self.schedule = schedule
         self.settings = settings
@@ -260,27 +263,24 @@ class Trainer:
 
     def _observe(self, step: int, loss: Tensor, lr: float, log: bool = True) -> LogRecord:
         """Read loss, gradient norm and small parameters back to the host: one sync."""
+        tensors = self._tensors
         with torch.no_grad():
-            tensors = list(self.params.values())
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in tensors]
             norms = torch._foreach_norm(grads + tensors)
             grad_norm = torch.linalg.vector_norm(torch.stack(norms[: len(tensors)]))
             param_norm = torch.stack(norms[len(tensors) :]).max()
-            if loss.device.type == "cpu":  # reading a CPU tensor is not a sync: skip the stack
+            if self._on_cpu:  # reading a CPU tensor is no sync: three items beat a stack
                 loss_value, grad_value, param_value = (
                     loss.item(),
                     grad_norm.item(),
                     param_norm.item(),
                 )
+                small = {name: p.clone() for name, p in self._small}
             else:
                 loss_value, grad_value, param_value = torch.stack(
                     [loss.detach().reshape(()), grad_norm, param_norm]
                 ).tolist()
-            small = {
-                name: p.detach().to("cpu", copy=True)
-                for name, p in self.params.items()
-                if p.numel() <= SMALL_PARAM_NUMEL
-            }
+                small = {name: p.to("cpu", copy=True) for name, p in self._small}
         self._param_norm = param_value
         record = LogRecord(step, loss_value, grad_value, lr, small)
         if log:

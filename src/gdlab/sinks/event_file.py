@@ -14,6 +14,7 @@ event carrying the file version.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import struct
@@ -41,6 +42,57 @@ def masked_crc32c(data: bytes) -> int:
         return slow_masked_crc32c(data)
     crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def varint(value: int) -> bytes:
+    """Protocol-buffer base-128 encoding of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def float32(value: float) -> bytes:
+    """A float as protobuf's `float` field stores it; out-of-range values become +-inf."""
+    try:
+        return _FLOAT32.pack(value)
+    except OverflowError:
+        return _FLOAT32.pack(math.copysign(math.inf, value))
+
+
+_FLOAT32 = struct.Struct("<f")
+_DOUBLE = struct.Struct("<d")
+
+
+class ScalarEvents:
+    """Serialize `Event(step, wall_time, summary=Summary(value=[Value(tag, simple_value)...]))`.
+
+    Byte for byte what the protobuf classes produce, built from cached per-tag prefixes: a
+    log point's scalars cost about a microsecond instead of several for the message objects.
+    Field numbers: Event.wall_time 1 (double), Event.step 2 (varint), Event.summary 5;
+    Summary.value 1; Summary.Value.tag 1 (string), Summary.Value.simple_value 2 (float).
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: dict[str, bytes] = {}
+
+    def _prefix(self, tag: str) -> bytes:
+        prefix = self._prefixes.get(tag)
+        if prefix is None:
+            name = tag.encode("utf-8")
+            value_fields = b"\x0a" + varint(len(name)) + name + b"\x15"
+            prefix = b"\x0a" + varint(len(value_fields) + 4) + value_fields
+            self._prefixes[tag] = prefix
+        return prefix
+
+    def encode(self, step: int, wall_time: float, scalars: list[tuple[str, float]]) -> bytes:
+        values = b"".join([self._prefix(tag) + float32(v) for tag, v in scalars])
+        step_field = b"\x10" + varint(step) if step else b""  # proto3 leaves out a zero
+        return (
+            b"\x09" + _DOUBLE.pack(wall_time) + step_field + b"\x2a" + varint(len(values)) + values
+        )
 
 
 def frame(data: bytes) -> bytes:
@@ -76,7 +128,11 @@ class EventFile:
         self.flush()
 
     def add_event(self, event: Event) -> None:
-        self._pending.append(frame(event.SerializeToString()))
+        self.add_serialized(event.SerializeToString())
+
+    def add_serialized(self, data: bytes) -> None:
+        """Append one already serialized `Event`."""
+        self._pending.append(frame(data))
         if (
             len(self._pending) >= self._max_pending
             or time.monotonic() - self._last_flush > self._flush_secs

@@ -18,7 +18,7 @@ from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from torch import Tensor
 
 from gdlab.events import LogRecord, RunInfo, RunResult
-from gdlab.sinks.event_file import EventFile
+from gdlab.sinks.event_file import EventFile, ScalarEvents
 
 TEXT_PLUGIN = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
 
@@ -85,6 +85,7 @@ class TensorBoardSink:
     def __init__(self, run_dir: Path, flush_secs: float = 10.0) -> None:
         self.run_dir = Path(run_dir)
         self.writer = EventFile(self.run_dir, flush_secs=flush_secs)
+        self.scalars = ScalarEvents()
         self.session_open = False
 
     def add_summary(self, summary: Summary, step: int) -> None:
@@ -112,16 +113,14 @@ class TensorBoardSink:
             self.session_open = True
 
     def log(self, record: LogRecord) -> None:
-        values = [
-            Summary.Value(tag="train/loss", simple_value=record.loss),
-            Summary.Value(tag="train/grad_norm", simple_value=record.grad_norm),
-            Summary.Value(tag="train/lr", simple_value=record.lr),
+        scalars = [
+            ("train/loss", record.loss),
+            ("train/grad_norm", record.grad_norm),
+            ("train/lr", record.lr),
         ]
         for name, value in record.params.items():
-            values.extend(
-                Summary.Value(tag=tag, simple_value=v) for tag, v in param_scalar_tags(name, value)
-            )
-        self.add_summary(Summary(value=values), step=record.step)
+            scalars.extend(param_scalar_tags(name, value))
+        self.writer.add_serialized(self.scalars.encode(record.step, time.time(), scalars))
 
     def add_image(self, tag: str, png: bytes, step: int) -> None:
         """A PNG (from the plots sink) as a TensorBoard image."""
