@@ -46,3 +46,19 @@ def test_file_reads_back_with_tensorboard(tmp_path) -> None:
     loss = events.Scalars("train/loss")
     assert [e.step for e in loss] == list(range(300))
     assert [e.value for e in loss] == [s / 2 for s in range(300)]
+
+
+def test_hparams_session_start_equals_torchs() -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from torch.utils.tensorboard.summary import hparams as torch_hparams
+
+    from gdlab.sinks.hparams import session_start_summary
+
+    hparams = {"objective": "quadratic", "optimizer.lr": 0.1, "trainer.steps": 50, "flag": True}
+    parsed = []
+    for summary in (session_start_summary(hparams), torch_hparams(hparams, {})[1]):
+        (value,) = summary.value
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        data.session_start_info.start_time_secs = 0
+        parsed.append((value.tag, value.metadata.plugin_data.plugin_name, data))
+    assert parsed[0] == parsed[1]

@@ -17,7 +17,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
 from gdlab.report import report
-from gdlab.sinks.tensorboard import hparams_start_summary
 from gdlab.sweep import collect_jobs, write_summary
 from hydra_plugins.gdlab_population._job import POPULATION_JSON, run_population_job, stability_lr
 from hydra_plugins.gdlab_population._plan import plan_sweep
@@ -59,6 +58,13 @@ def session(run_dir: Path) -> dict[str, Any]:
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     assert metadata.SESSION_END_INFO_TAG in content
     return {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+
+
+def hparams_start_summary(hparams: dict[str, Any]) -> Any:
+    """The session start torch.utils.tensorboard builds: the reference for ours."""
+    from torch.utils.tensorboard.summary import hparams as torch_hparams
+
+    return torch_hparams(hparams, {})[1]
 
 
 def test_session_proto_is_the_plain_runs() -> None:

@@ -156,3 +156,40 @@ def test_large_cpu_data_is_chunked_automatically() -> None:
     assert chunks[0].start == 0 and chunks[-1].stop == 300_000
     assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
     assert gradient_chunks(large, None, torch.device("meta")) is None  # only the CPU gains
+
+
+class WithUnusedParameter:
+    """An objective with a parameter its loss ignores: its gradient stays None."""
+
+    def init_params(self, generator, device, dtype):
+        return {
+            "x": torch.zeros((), device=device, dtype=dtype),
+            "unused": torch.ones(2, device=device, dtype=dtype),
+        }
+
+    def loss(self, params):
+        return (params["x"] - 3.0) ** 2
+
+
+@pytest.mark.parametrize("zero_grad", ["zero", "set_to_none"])
+def test_a_parameter_the_loss_ignores_is_left_alone(zero_grad) -> None:
+    from gdlab.optim import SGDSettings, UpdateRule
+    from gdlab.trainer import Trainer, TrainerSettings
+
+    objective = WithUnusedParameter()
+    params = {
+        k: v.requires_grad_(True)
+        for k, v in objective.init_params(None, torch.device("cpu"), torch.float64).items()
+    }
+    trainer = Trainer(
+        objective.loss,
+        params,
+        UpdateRule(SGDSettings(lr=0.1, momentum=0.5, weight_decay=0.1)),
+        lambda t: 0.1,
+        TrainerSettings(steps=200, set_to_none=zero_grad == "set_to_none"),
+    )
+    result = trainer.run()
+    assert result.status == "finished"
+    assert torch.equal(result.params["unused"], torch.ones(2, dtype=torch.float64))
+    # 2 (x - 3) + 0.1 x = 0: the used parameter reaches the decayed optimum 6 / 2.1
+    assert result.params["x"].item() == pytest.approx(6 / 2.1, rel=1e-9)

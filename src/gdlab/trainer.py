@@ -222,7 +222,8 @@ class Trainer:
                     p.grad = None
             else:
                 for p in tensors:
-                    p.grad.zero_()  # type: ignore[union-attr]
+                    if p.grad is not None:  # None for a parameter the loss doesn't use
+                        p.grad.zero_()
             if checkpoint_every and (step + 1) % checkpoint_every == 0:
                 self._save(step + 1, "running", start)
         else:

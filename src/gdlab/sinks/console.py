@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, TextIO
 
 from gdlab.events import LogRecord, RunInfo, RunResult
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def format_params(params: dict, limit: int = 4) -> str:
@@ -46,6 +47,8 @@ class ConsoleSink:
 
     def start(self, info: RunInfo) -> None:
         if self.enabled:
+            from tqdm import tqdm  # only on a terminal: the import costs start-up time
+
             self.bar = tqdm(
                 total=info.steps, desc=info.objective, unit="step", file=self.stream, leave=False
             )

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.sinks.event_file import EventFile, ScalarEvents
+from gdlab.sinks.hparams import final_metrics, session_end_summary, session_start_summary
 
 TEXT_PLUGIN = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
 
@@ -29,38 +30,6 @@ def param_scalar_tags(name: str, value: Tensor) -> list[tuple[str, float]]:
     if value.dim() == 0:
         return [(f"params/{name}", flat[0])]
     return [(f"params/{name}/{i}", v) for i, v in enumerate(flat)]
-
-
-def hparams_start_summary(hparams: dict) -> Summary:
-    """The HParams session-start summary: this run's hyperparameters (torch builds the proto).
-
-    No experiment summary is written: with none, TensorBoard builds the HParams table from all
-    sessions under its logdir (every swept key, value domains, which columns differ, and every
-    scalar tag, `final/...` included, as a metric). One job's experiment summary would instead
-    stand for all of them. Imported here, not at the top: torch.utils.tensorboard costs time.
-    """
-    from torch.utils.tensorboard.summary import hparams as hparams_protos
-
-    _, session_start, _ = hparams_protos({k: v for k, v in hparams.items() if v is not None}, {})
-    return session_start
-
-
-def hparams_end_summary(status: str) -> Summary:
-    """The HParams session-end summary with `status` (STATUS_SUCCESS, STATUS_FAILURE)."""
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-    info = plugin_data_pb2.SessionEndInfo(
-        status=api_pb2.Status.Value(status), end_time_secs=time.time()
-    )
-    content = plugin_data_pb2.HParamsPluginData(
-        session_end_info=info, version=metadata.PLUGIN_DATA_VERSION
-    )
-    meta = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(
-            plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
-        )
-    )
-    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=meta)])
 
 
 def text_summary(tag: str, text: str) -> Summary:
@@ -109,7 +78,7 @@ class TensorBoardSink:
             indented = "\n".join("    " + line for line in info.config_yaml.splitlines())
             self.add_summary(text_summary("config", indented), step=0)
         if info.hparams:
-            self.add_summary(hparams_start_summary(info.hparams), step=0)
+            self.add_summary(session_start_summary(info.hparams), step=0)
             self.session_open = True
 
     def log(self, record: LogRecord) -> None:
@@ -131,17 +100,13 @@ class TensorBoardSink:
         self.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step=step)
 
     def finish(self, result: RunResult) -> None:
-        final = {
-            "final/loss": result.final_loss,
-            "final/steps": float(result.steps),
-            "final/diverged": 1.0 if result.status == "diverged" else 0.0,
-        }
-        if result.distance_to_minimizer is not None:
-            final["final/distance_to_minimizer"] = result.distance_to_minimizer
+        final = final_metrics(
+            result.status, result.steps, result.final_loss, result.distance_to_minimizer
+        )
         values = [Summary.Value(tag=tag, simple_value=v) for tag, v in final.items()]
         self.add_summary(Summary(value=values), step=result.steps)
         if result.status != "interrupted":  # an interrupted session continues when resumed
-            self.add_summary(hparams_end_summary("STATUS_SUCCESS"), step=result.steps)
+            self.add_summary(session_end_summary("STATUS_SUCCESS"), step=result.steps)
         self.session_open = False
         self.writer.flush()
 
@@ -151,6 +116,6 @@ class TensorBoardSink:
 
     def close(self) -> None:
         if self.session_open:  # the run raised before it finished
-            self.add_summary(hparams_end_summary("STATUS_FAILURE"), step=0)
+            self.add_summary(session_end_summary("STATUS_FAILURE"), step=0)
             self.session_open = False
         self.writer.close()

@@ -9,8 +9,8 @@
   plain trainer and gdlab's TensorBoard sink; their results equal the members' (checked), and
   no per-member history is kept in memory during the batched run.
 
-Events are framed and written here, synchronously (thousands of tiny files: no writer threads,
-and no `torch.utils.tensorboard` import).
+Events go through gdlab's `EventFile`, synchronously (thousands of tiny files: no writer
+threads, and no `torch.utils.tensorboard` import).
 """
 
 from __future__ import annotations
@@ -18,103 +18,30 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import socket
-import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+from gdlab.sinks.event_file import EventFile
+from gdlab.sinks.hparams import final_metrics, session_end_summary, session_start_summary
 
 log = logging.getLogger("gdlab")
 MEMBERS_DIR = "members"
 CURVES_DIR = "curves"
 
-try:
-    from google_crc32c import value as _crc32c
-except ImportError:  # pragma: no cover - TensorBoard's own (slower) implementation
-    _crc32c = None
-
-
-def _masked_crc(data: bytes) -> int:
-    if _crc32c is None:
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-        return masked_crc32c(data)
-    crc = _crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _record(event: Event) -> bytes:
-    data = event.SerializeToString()
-    header = struct.pack("<Q", len(data))
-    return (
-        header
-        + struct.pack("<I", _masked_crc(header))
-        + data
-        + struct.pack("<I", _masked_crc(data))
-    )
-
 
 def write_events(log_dir: Path, events: Sequence[Event]) -> Path:
     """A complete event file (file version first) in `log_dir`, written in one go."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
-    path = log_dir / name
-    version = Event(wall_time=time.time(), file_version="brain.Event:2")
-    path.write_bytes(b"".join(_record(e) for e in (version, *events)))
-    return path
-
-
-def _hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
-    data.version = metadata.PLUGIN_DATA_VERSION
-    meta = SummaryMetadata(
-        plugin_data=SummaryMetadata.PluginData(
-            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
-        )
-    )
-    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
-
-
-def session_start_summary(hparams: dict[str, Any]) -> Summary:
-    """HParams session start: the same proto `gdlab.sinks.tensorboard.hparams_start_summary`
-    builds through torch.utils.tensorboard, without importing it."""
-    info = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-    for key, value in hparams.items():
-        if value is None:
-            continue
-        if isinstance(value, int | float):  # booleans too, as numbers, as torch writes them
-            info.hparams[key].number_value = float(value)
-        else:
-            info.hparams[key].string_value = str(value)
-    return _hparams_summary(
-        metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
-    )
-
-
-def session_end_summary(status: str = "STATUS_SUCCESS") -> Summary:
-    info = plugin_data_pb2.SessionEndInfo(
-        status=api_pb2.Status.Value(status), end_time_secs=time.time()
-    )
-    return _hparams_summary(
-        metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info)
-    )
-
-
-def final_metrics(status: str, steps: int, loss: float, distance: float | None) -> dict:
-    """The `final/...` scalars of gdlab's TensorBoardSink.finish, for one member."""
-    final = {
-        "final/loss": loss,
-        "final/steps": float(steps),
-        "final/diverged": 1.0 if status == "diverged" else 0.0,
-    }
-    if distance is not None:
-        final["final/distance_to_minimizer"] = distance
-    return final
+    writer = EventFile(log_dir, flush_secs=math.inf)
+    for event in events:
+        writer.add_event(event)
+    writer.close()
+    return writer.path
 
 
 def member_session(

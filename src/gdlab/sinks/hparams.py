@@ -1,0 +1,66 @@
+"""TensorBoard HParams session summaries, built from TensorBoard's own protos.
+
+The same protos `torch.utils.tensorboard.summary.hparams()` builds (tested), without
+importing `torch.utils.tensorboard`, which costs tens of milliseconds at every run's start.
+
+No experiment summary is written: with none, TensorBoard builds the HParams table from all
+sessions under its logdir (every swept key, value domains, which columns differ, and every
+scalar tag, `final/...` included, as a metric). One job's experiment summary would instead
+stand for all of them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+
+def hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
+    """Wrap HParams plugin data in a summary under the plugin's `tag`."""
+    data.version = metadata.PLUGIN_DATA_VERSION
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
+        )
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def session_start_summary(hparams: dict[str, Any]) -> Summary:
+    """A run's hyperparameters: numbers (booleans too, as torch writes them) and strings."""
+    info = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for key, value in hparams.items():
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            info.hparams[key].number_value = float(value)
+        else:
+            info.hparams[key].string_value = str(value)
+    return hparams_summary(
+        metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
+    )
+
+
+def session_end_summary(status: str = "STATUS_SUCCESS") -> Summary:
+    """The session's end with `status` (STATUS_SUCCESS, STATUS_FAILURE)."""
+    info = plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.Status.Value(status), end_time_secs=time.time()
+    )
+    return hparams_summary(
+        metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info)
+    )
+
+
+def final_metrics(status: str, steps: int, loss: float, distance: float | None) -> dict[str, float]:
+    """The `final/...` scalars of a run's HParams row (a numeric flag for divergence)."""
+    final = {
+        "final/loss": loss,
+        "final/steps": float(steps),
+        "final/diverged": 1.0 if status == "diverged" else 0.0,
+    }
+    if distance is not None:
+        final["final/distance_to_minimizer"] = distance
+    return final
