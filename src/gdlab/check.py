@@ -14,7 +14,6 @@ of each mismatch (2 for a user mistake, 0 when everything agrees).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from omegaconf import DictConfig
 
 from gdlab.config import GdlabConfig, config_dir
 from gdlab.devices import resolve_device
+from gdlab.entry import USAGE_ERROR, exit_quickly, run_app
 from gdlab.errors import GdlabError
 from gdlab.gradcheck import Row, Tolerances, check_objective, random_points
 from gdlab.objectives.instantiate import (
@@ -35,9 +35,8 @@ from gdlab.objectives.instantiate import (
     registered_name,
     setup_objective,
 )
-from gdlab.usage import describe
 
-MISMATCH, USAGE_ERROR = 1, 2
+MISMATCH = 1
 
 
 @dataclass
@@ -191,16 +190,7 @@ def main() -> None:
     A bad override (`objective=nope`, `check.points=abc`) is one line and exit code 2, as in
     `gdlab`, so exit code 1 always means a gradient mismatch; HYDRA_FULL_ERROR=1 shows tracebacks.
     """
-    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
-    try:
-        app()
-    except Exception as err:
-        message = None if show_tracebacks else describe(err)
-        if message is None:
-            raise
-        print(f"gdlab-check: error: {message}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+    exit_quickly(run_app(app, "gdlab-check"))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ one line on stderr and exit code 2; set HYDRA_FULL_ERROR=1 to see the traceback 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,18 +16,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab.config import config_dir
+from gdlab.entry import SHOW_TRACEBACKS, USAGE_ERROR, exit_quickly, run_app
 from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
 from gdlab.resume import AlreadyFinished, prepare_resume
 from gdlab.sinks.console import summary_line
 from gdlab.sweep import job_failed, last_sweep_failed, objective_value
-from gdlab.usage import describe
 
 log = logging.getLogger("gdlab")
-USAGE_ERROR = 2
 SWEEP_FAILED = 1  # a multirun in which at least one job failed (diverging is not failing)
-#: the user's debug switch, read before `main` sets the variable for its own use
-SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -83,14 +79,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (`gdlab`, `python -m gdlab`)."""
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
-    try:
-        app()
-    except Exception as err:
-        message = None if SHOW_TRACEBACKS else describe(err)
-        if message is None:
-            raise
-        print(f"gdlab: error: {message}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
-    if last_sweep_failed():  # set by the sweep summary callback when a multirun ends
-        sys.exit(SWEEP_FAILED)
+    code = run_app(app, "gdlab")
+    if code == 0 and last_sweep_failed():  # set by the sweep summary callback
+        code = SWEEP_FAILED
+    exit_quickly(code)
