@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -142,20 +141,13 @@ def test_chunked_full_batch_gradient_equals_one_pass(run_config) -> None:
     assert chunked.final_loss == pytest.approx(one_pass.final_loss, rel=1e-12)
 
 
-def test_large_cpu_data_is_chunked_automatically() -> None:
-    from gdlab.experiment import CHUNK_ABOVE_BYTES, gradient_chunks
+def test_chunk_rows_needs_data_and_a_positive_size(run_config) -> None:
+    from gdlab.errors import GdlabError
 
-    cpu = torch.device("cpu")
-    small, large = LinearRegression(), LinearRegression(n_samples=300_000, n_features=16)
-    for objective in (small, large):
-        objective.setup(cpu, torch.float32)
-    assert large.data_bytes > CHUNK_ABOVE_BYTES
-    assert gradient_chunks(small, None, cpu) is None
-    chunks = gradient_chunks(large, None, cpu)
-    assert chunks is not None and len(chunks) > 1
-    assert chunks[0].start == 0 and chunks[-1].stop == 300_000
-    assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
-    assert gradient_chunks(large, None, torch.device("meta")) is None  # only the CPU gains
+    with pytest.raises(GdlabError, match="needs an objective with data"):
+        run_config("objective=quadratic", "trainer.chunk_rows=10")
+    with pytest.raises(GdlabError, match=r"trainer\.chunk_rows=0 must be >= 1"):
+        run_config("objective=linear_regression", "trainer.chunk_rows=0")
 
 
 class WithUnusedParameter:

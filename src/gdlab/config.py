@@ -67,7 +67,7 @@ class TrainerConfig:
     progress: bool | None = None  # null: a progress bar only on a terminal
     checkpoint_every: int | None = 1000  # also at the end and on Ctrl-C/SIGTERM; null: end only
     resume: str | None = None  # a run directory to continue, in place
-    chunk_rows: int | None = None  # full-batch gradients accumulated over row chunks (null: auto)
+    chunk_rows: int | None = None  # full-batch gradients accumulated over row chunks (null: off)
 
 
 @dataclass

@@ -75,32 +75,21 @@ def make_sampler(
     return BatchSampler(n, batch_size, generator, device)
 
 
-#: auto chunking aims at row chunks of this size, which stay in a core's L2 cache
-CHUNK_BYTES = 1 << 20
-#: ... for data sets larger than this (smaller ones gain nothing from it)
-CHUNK_ABOVE_BYTES = 16 << 20
+def gradient_chunks(objective: Objective, chunk_rows: int | None) -> list[slice] | None:
+    """Row chunks for full-batch gradient accumulation (`trainer.chunk_rows`), or None.
 
-
-def gradient_chunks(
-    objective: Objective, chunk_rows: int | None, device: torch.device
-) -> list[slice] | None:
-    """Row chunks for full-batch gradient accumulation, or None for one pass over all rows.
-
-    `trainer.chunk_rows=null` chooses: on the CPU, for data larger than CHUNK_ABOVE_BYTES,
-    chunks of about CHUNK_BYTES, so X is read from memory once per step instead of twice
-    (forward and backward). A GPU gains nothing from it and gets one pass.
+    Opt-in: it reads X from memory once per step instead of twice, but adds Python and
+    autograd work per chunk, and on the machines measured (docs/performance.md) that work
+    cost more than the memory traffic it saved.
     """
-    n = getattr(objective, "n_samples", None)
-    if chunk_rows is not None:
-        if chunk_rows < 1:
-            raise GdlabError(f"trainer.chunk_rows={chunk_rows} must be >= 1 (or null: automatic)")
-        if n is None:
-            raise GdlabError("trainer.chunk_rows needs an objective with data (n_samples)")
-        return row_chunks(n, chunk_rows)
-    data_bytes = getattr(objective, "data_bytes", None)
-    if n is None or not data_bytes or device.type != "cpu" or data_bytes <= CHUNK_ABOVE_BYTES:
+    if chunk_rows is None:
         return None
-    return row_chunks(n, max(1, CHUNK_BYTES * n // data_bytes))
+    if chunk_rows < 1:
+        raise GdlabError(f"trainer.chunk_rows={chunk_rows} must be >= 1 (or null: one pass)")
+    n = getattr(objective, "n_samples", None)
+    if n is None:
+        raise GdlabError("trainer.chunk_rows needs an objective with data (n_samples)")
+    return row_chunks(n, chunk_rows)
 
 
 def main_hparams(cfg: DictConfig, objective: str) -> dict[str, Any]:
@@ -213,7 +202,7 @@ def build(
         sampler=sampler,
         checkpoint=checkpoint,
         interrupt=interrupt,
-        chunks=gradient_chunks(objective, t.chunk_rows, device) if sampler is None else None,
+        chunks=gradient_chunks(objective, t.chunk_rows) if sampler is None else None,
         n_samples=getattr(objective, "n_samples", None),
     )
     return Experiment(objective, params, trainer, info, device_note, sinks)

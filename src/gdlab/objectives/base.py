@@ -6,7 +6,7 @@ An objective is a small class that Hydra builds from its config (`_target_` plus
 - `init_params(generator, device, dtype)` returns the starting point as named tensors;
 - `loss(params)` returns a scalar tensor for ONE setting of the parameters, in plain torch;
   objectives with data take `loss(params, batch)` where `batch` holds sample indices, a `slice`
-  of rows, or None for the full batch, and set `n_samples` and `batch_size` (and `data_bytes`);
+  of rows, or None for the full batch, and set `n_samples` and `batch_size`;
 - optional `setup(device, dtype)`: build data on the run's device before anything else;
 - optional `grad(params)`: an analytic gradient, used to check autograd;
 - optional `minimizer` (named tensors) and `minimum` (a float): the known optimum.
@@ -38,9 +38,6 @@ class Objective:
     n_samples: int | None = None
     #: mini-batch size (None: full batch)
     batch_size: int | None = None
-    #: bytes of per-sample data (set after `setup`); with it, `loss(params, rows)` must also
-    #: accept a `slice` of rows, and large full-batch runs accumulate gradients chunk by chunk
-    data_bytes: int | None = None
     #: the known optimum, filled by objectives that know it (after `setup`)
     minimizer: Params | None = None
     minimum: float | None = None

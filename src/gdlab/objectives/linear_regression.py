@@ -89,7 +89,6 @@ class LinearRegression(Objective):
         w_true = torch.tensor(self.true_w, device=device, dtype=dtype)
         self.y = self.X @ w_true + self.true_b + noise
         self._x = self.X[:, 0] if d == 1 else None  # one feature: the fast path in `loss`
-        self.data_bytes = (self.X.numel() + self.y.numel()) * self.X.element_size()
         solution = least_squares(self.X, self.y).to(device=device, dtype=dtype)
         self.minimizer = {"w": solution[:d], "b": solution[d:]}
         self.minimum = float(self.loss(self.minimizer))
