@@ -22,6 +22,8 @@ BAD_INPUTS = [
     (["optimizer.lrr=0.1"], ["unknown key optimizer.lrr", "allowed keys", "lr", "momentum"]),
     (["trainer.stepz=10"], ["unknown key trainer.stepz", "steps"]),
     (["objective.foo=1"], ["unknown key objective.foo", "allowed keys: a, c, d, x0"]),
+    (["+optimizer.foo=1"], ["unknown key optimizer.foo", "allowed keys", "lr"]),
+    (["+trainer.stepz=10"], ["unknown key trainer.stepz", "steps"]),
     (["objective=nope"], ["objective=nope", "available", "quadratic", "linear_regression"]),
     (["device=tpu"], ["device=tpu", "available", "auto, cpu, cuda"]),
     (["experiment=nope"], ["experiment=nope", "available", "descent_1d"]),

@@ -8,6 +8,7 @@ that uses the value (`optim.SGDSettings`, `schedules`, the objectives' construct
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -89,6 +90,31 @@ class GdlabConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+#: the schema of each group, for key checks and messages
+SCHEMA_BY_GROUP: dict[str, type] = {
+    "optimizer": OptimizerConfig,
+    "optimizer.schedule": ScheduleConfig,
+    "trainer": TrainerConfig,
+    "device": DeviceConfig,
+    "logger": LoggerConfig,
+}
+
+
+def reject_unknown_keys(cfg: Any) -> None:
+    """Refuse keys a schema does not know, even ones forced in with `+group.key=...`.
+
+    Without `+`, Hydra refuses them while composing; with it they would be silently ignored.
+    """
+    for group, schema in SCHEMA_BY_GROUP.items():
+        node = OmegaConf.select(cfg, group)
+        if node is None:
+            continue
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node:
+            if key not in known:
+                raise GdlabError(f"unknown key {group}.{key}; allowed keys: {', '.join(known)}")
 
 
 def config_dir() -> str:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab.checkpoint import save_checkpoint
+from gdlab.config import reject_unknown_keys
 from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
@@ -116,6 +117,7 @@ def build(
     `overrides` (the command line that composed `cfg`) go into checkpoints, so a resumed run
     can be composed again the same way; `interrupt` lets a signal stop the run cleanly.
     """
+    reject_unknown_keys(cfg)
     device, device_note = resolve_device(enum_value(cfg.device.type))
     dtype = resolve_dtype(enum_value(cfg.device.dtype))
     t = cfg.trainer

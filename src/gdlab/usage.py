@@ -22,18 +22,10 @@ from omegaconf.errors import OmegaConfBaseException
 from gdlab import config as schemas
 from gdlab.errors import GdlabError
 
-SCHEMA_BY_GROUP = {
-    "optimizer": schemas.OptimizerConfig,
-    "optimizer.schedule": schemas.ScheduleConfig,
-    "trainer": schemas.TrainerConfig,
-    "device": schemas.DeviceConfig,
-    "logger": schemas.LoggerConfig,
-}
-
 
 def allowed_keys(parent: str) -> str | None:
     """The keys a schema group accepts, for 'unknown key' messages."""
-    schema = SCHEMA_BY_GROUP.get(parent)
+    schema = schemas.SCHEMA_BY_GROUP.get(parent)
     if schema is None:
         return None
     return ", ".join(f.name for f in dataclasses.fields(schema))
