@@ -97,7 +97,7 @@ def test_starts_and_dimensions() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: Rosenbrock(n=1), "objective.n=1 must be >= 2"),
+        (lambda: Rosenbrock(n=1), "objective.n=1 must be an integer >= 2"),
         (lambda: Rosenbrock(n=3, x0=[1.0, 2.0]), "objective.x0 has 2 entries; expected 3"),
         (lambda: Rosenbrock(b=0.0), "objective.b=0.0 must be > 0"),
         (lambda: Rastrigin(A=-1.0), "objective.A=-1.0 must be >= 0"),

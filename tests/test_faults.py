@@ -148,6 +148,17 @@ def test_resuming_a_finished_run_exits_zero_and_keeps_its_config(tmp_path):
     assert "QuadraticForm" in saved  # not the resume command's default objective
 
 
+def test_resume_with_an_objective_field_says_the_objective_is_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli("experiment=linear_regression", f"hydra.run.dir={run_dir}").returncode == 0
+    before = (run_dir / ".hydra" / "config.yaml").read_text()
+    proc = run_cli(f"trainer.resume={run_dir}", "objective.noise_std=0.7")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "objective.noise_std" in line and "keeps its objective" in line
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == before  # left as it was
+
+
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
     proc = run_cli(
         "-m",

@@ -40,7 +40,7 @@ def test_report_rebuilds_what_the_callback_wrote(lr_sweep: Path, capsys) -> None
     out = capsys.readouterr().out
     assert {name: (lr_sweep / name).read_text() for name in written} == written
     assert (lr_sweep / "lr.png").read_bytes().startswith(b"\x89PNG")
-    assert "4 jobs:" in out and "best: optimizer.lr=0.5" in out
+    assert "4 runs:" in out and "best: optimizer.lr=0.5" in out
     assert "| … 1 more in summary.md |" in out
 
 
@@ -83,3 +83,14 @@ def test_report_refuses_a_directory_without_jobs(tmp_path: Path, capsys, make: s
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"gdlab-report: error: {target}")
+
+
+def test_report_refuses_a_single_run_directory(run_config) -> None:
+    from gdlab.errors import GdlabError
+    from gdlab.report import report
+
+    _, run_dir = run_config("trainer.steps=5")
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # as the CLI lays out a run
+    with pytest.raises(GdlabError, match="single run's directory"):
+        report(run_dir)
+    assert not (run_dir / "summary.csv").exists()

@@ -153,6 +153,13 @@ def test_checkpoint_missing_a_field_is_named(tmp_path) -> None:
         load_checkpoint(tmp_path)
 
 
+def test_checkpoint_with_non_tensor_parameters_is_named(tmp_path) -> None:
+    state = {"step": 3, "status": "running", "params": {"x": [1.0]}, "momentum_buffers": []}
+    save_checkpoint(tmp_path, {**state, "config_yaml": "", "overrides": []})
+    with pytest.raises(GdlabError, match="parameters or momentum buffers are not tensors"):
+        load_checkpoint(tmp_path)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch) -> None:
     """A failure while writing leaves the previous checkpoint and no temporary file."""
     save_checkpoint(tmp_path, {"step": 1, "status": "running"})

@@ -164,7 +164,7 @@ def test_callback_writes_the_summary_and_reports_failures(small_sweep: Path, cap
     config.logger.plots = True
     SweepSummaryCallback(top=2).on_multirun_end(config)
     out, err = capsys.readouterr()
-    assert "5 jobs: 1 converged, 1 diverged, 1 failed, 2 finished; best: optimizer.lr=0.5" in out
+    assert "5 runs: 1 converged, 1 diverged, 1 failed, 2 finished; best: optimizer.lr=0.5" in out
     assert out.count("\n| ") == 4  # header, two rows, and the "more" line
     assert "1 job(s) failed" in err
     assert sweep.last_sweep_failed()

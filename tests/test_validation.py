@@ -49,6 +49,14 @@ BAD_INPUTS = [
     ),
     (["objective=quadratic", "objective.a=0"], ["objective.a"]),
     (["trainer.steps=[1"], ["cannot parse"]),
+    (
+        ["-m", "hydra/sweeper=population", "optimizer.lr=0.1,0.2", "hydra.sweeper.strategy=foo"],
+        ["hydra.sweeper.strategy='foo'", "auto, broadcast, vmap, loop"],
+    ),
+    (
+        ["-m", "hydra/sweeper=population", "optimizer.lr=0.1,0.2", "hydra.sweeper.chunk_size=0"],
+        ["hydra.sweeper.chunk_size=0", ">= 1"],
+    ),
     (["trainer.resume=/nonexistent/run"], ["trainer.resume", "/nonexistent/run"]),
 ]
 if not torch.cuda.is_available():

@@ -58,6 +58,11 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             raise GdlabError(
                 f"{path} is damaged: field {key!r} is missing or not a {kind.__name__}"
             )
+    tensors_ok = all(isinstance(v, torch.Tensor) for v in state["params"].values()) and all(
+        b is None or isinstance(b, torch.Tensor) for b in state["momentum_buffers"]
+    )
+    if not tensors_ok:
+        raise GdlabError(f"{path} is damaged: its parameters or momentum buffers are not tensors")
     if state["version"] > VERSION:
         raise GdlabError(
             f"{path} was written by a newer gdlab (checkpoint version {state['version']})"

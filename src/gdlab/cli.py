@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gdlab.config import config_dir
+from gdlab.config import OUTPUT_SUBDIR, config_dir
 from gdlab.entry import SHOW_TRACEBACKS, USAGE_ERROR, exit_quickly, run_app
 from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
@@ -53,16 +53,15 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     state = None
     if cfg.trainer.resume is not None:
-        # Hydra has just written the resume command's own config into the run directory;
-        # put back the config of the run itself.
-        saved = run_dir / str(hydra_cfg.output_subdir)
+        # On resume Hydra writes no .hydra/ (config.yaml: output_subdir); once the command is
+        # accepted, record the config that runs, composed from the run's own overrides.
         try:
             cfg, state, overrides = prepare_resume(Path(cfg.trainer.resume), overrides)
         except AlreadyFinished as done:
-            (saved / "config.yaml").write_text(done.config_yaml)
-            OmegaConf.save(OmegaConf.create(done.overrides), saved / "overrides.yaml")
             log.info("gdlab: %s", done)
-            return
+            return None
+        saved = run_dir / OUTPUT_SUBDIR
+        saved.mkdir(exist_ok=True)
         OmegaConf.save(cfg, saved / "config.yaml")
         OmegaConf.save(OmegaConf.create(overrides), saved / "overrides.yaml")
     with GracefulInterrupt() as interrupt:
@@ -77,9 +76,18 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
     return objective_value(result)
 
 
+def explain_for_resume(message: str) -> str:
+    """A resume command is composed on the defaults first, where the run's own objective may
+    not be selected: say why an objective field is then unknown."""
+    resuming = any(arg.startswith("trainer.resume=") for arg in sys.argv[1:])
+    if resuming and message.startswith("unknown key objective."):
+        return f"{message} (a resumed run keeps its objective; its fields can't be changed)"
+    return message
+
+
 def main() -> None:
     """Console-script entry point (`gdlab`, `python -m gdlab`)."""
-    code = run_app(app, "gdlab")
+    code = run_app(app, "gdlab", explain_for_resume)
     if code == 0 and last_sweep_failed():  # set by the sweep summary callback
         code = SWEEP_FAILED
     exit_quickly(code)

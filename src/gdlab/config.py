@@ -125,6 +125,10 @@ def config_dir() -> str:
     return str(Path(__file__).resolve().parents[2] / "configs")
 
 
+#: where Hydra keeps a run's composed config and overrides
+OUTPUT_SUBDIR = ".hydra"
+
+
 def run_dir_for(resume: str | None, new_dir: str) -> str:
     """hydra.run.dir: a new directory, or with `trainer.resume=DIR` the run being resumed.
 
@@ -150,6 +154,11 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("gdlab.pid", lambda: str(os.getpid()), use_cache=True)
     if not OmegaConf.has_resolver("gdlab.run_dir"):
         OmegaConf.register_new_resolver("gdlab.run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("gdlab.output_subdir"):
+        # Hydra would write the resume command's own config over the run's: not on resume.
+        OmegaConf.register_new_resolver(
+            "gdlab.output_subdir", lambda resume: OUTPUT_SUBDIR if resume is None else None
+        )
     if not OmegaConf.has_resolver("gdlab.job_dir"):
         from gdlab.sweep import job_dirname  # light: no torch, no matplotlib
 

@@ -24,8 +24,13 @@ USAGE_ERROR = 2
 SHOW_TRACEBACKS = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
-def run_app(app: Callable[[], object], prog: str) -> int:
-    """Call a `@hydra.main` app; return its exit code, user mistakes reported in one line."""
+def run_app(
+    app: Callable[[], object], prog: str, explain: Callable[[str], str] | None = None
+) -> int:
+    """Call a `@hydra.main` app; return its exit code, user mistakes reported in one line.
+
+    `explain` may add the command's own context to a message before it is printed.
+    """
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's report
     try:
         app()
@@ -38,6 +43,8 @@ def run_app(app: Callable[[], object], prog: str) -> int:
         message = None if SHOW_TRACEBACKS else describe(err)
         if message is None:
             raise
+        if explain is not None:
+            message = explain(message)
         print(f"{prog}: error: {message}", file=sys.stderr)
         return USAGE_ERROR
     return 0

@@ -35,6 +35,8 @@ def report(sweep_dir: Path, top: int = 10, plot: bool = True) -> int:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise GdlabError(f"{sweep_dir}: no such directory (give a sweep directory)")
+    if (sweep_dir / "metrics.json").exists() and (sweep_dir / ".hydra").is_dir():
+        raise GdlabError(f"{sweep_dir} is a single run's directory; give a sweep directory")
     if not find_job_dirs(sweep_dir):
         raise GdlabError(
             f"{sweep_dir}: no job directories (none with a .hydra/overrides.yaml) under it"

@@ -26,9 +26,10 @@ class AlreadyFinished(Exception):
 
     def __init__(self, state: dict[str, Any]) -> None:
         status, step = state["status"], state["step"]
-        super().__init__(f"that run already ended ({status} after {step} steps); nothing to resume")
-        self.config_yaml: str = state["config_yaml"]
-        self.overrides: list[str] = list(state["overrides"])
+        super().__init__(
+            f"that run already ended ({status} after {step} steps); nothing to resume "
+            "(to train further, start a new run)"
+        )
 
 
 def as_text(node: object) -> str:

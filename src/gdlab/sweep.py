@@ -497,9 +497,12 @@ def counts(rows: Sequence[JobRow]) -> dict[str, int]:
 
 
 def headline(rows: Sequence[JobRow]) -> str:
-    """`N jobs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (loss 5)`."""
+    """`N runs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (loss 5)`.
+
+    A row is a job of a plain multirun or a member of a population job: "runs" covers both.
+    """
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
-    text = f"{len(rows)} job{'s' if len(rows) != 1 else ''}: {tally or 'none'}"
+    text = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {tally or 'none'}"
     best = rows[0] if rows and rows[0].rank == 1 else None
     if best is not None:
         keys = varying_keys(rows)  # what sets the best job apart; all its overrides if none

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gdlab.objectives.base import float_vector, positive_int, require
+from gdlab.objectives.base import float_vector, require
 
 
 def start_vector(
@@ -12,8 +12,10 @@ def start_vector(
 ) -> tuple[int, list[float]]:
     """(n, x0): `x0` fixes n when n is None; without x0 the classic `pattern` is cycled to n."""
     if n is not None:
-        n = positive_int("objective.n", n)
-        require(n >= 2, f"objective.n={n} must be >= 2")
+        require(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 2,
+            f"objective.n={n!r} must be an integer >= 2",
+        )
     if x0 is None:
         n = 2 if n is None else n
         return n, [float(pattern[i % len(pattern)]) for i in range(n)]

@@ -181,12 +181,30 @@ def is_sweep_itself(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in SWEEP_ITSELF)
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse bad `hydra.sweeper.*` settings before any job runs, naming the key."""
+    from gdlab.population import STRATEGIES
+
+    strategy = options.get("strategy", "auto")
+    if strategy not in STRATEGIES:
+        raise GdlabError(
+            f"hydra.sweeper.strategy={strategy!r} is not allowed; allowed: {', '.join(STRATEGIES)}"
+        )
+    for key in ("chunk_size", "hparams_members"):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise GdlabError(f"hydra.sweeper.{key}={value!r} must be an integer >= 1 (or null)")
+
+
 def plan_sweep(
     overrides: Sequence[Override], max_members: int | None, options: dict[str, Any] | None = None
 ) -> list[JobPlan]:
     """Group the sweep's combinations into population jobs (see the module docstring)."""
     if max_members is not None and max_members < 1:
         raise GdlabError(f"hydra.sweeper.max_members={max_members} must be >= 1 (or null)")
+    check_options(options or {})
     order: list[str] = []
     shared: dict[str, str] = {}  # non-swept overrides: every job, every member
     fanned: list[tuple[str, list[str]]] = []  # swept keys that are separate jobs
