@@ -54,6 +54,17 @@ class Objective:
         raise NotImplementedError
 
 
+class FixedStart(Objective):
+    """An objective whose one parameter `x` starts at the fixed point `self.x0` (no RNG)."""
+
+    x0: list[float]
+
+    def init_params(
+        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
+    ) -> Params:
+        return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
+
+
 def require(condition: bool, message: str) -> None:
     """Raise a user-facing error unless `condition` holds; the message names the field."""
     if not condition:

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gdlab.objectives.base import Objective, Params, float_vector
+from gdlab.objectives.base import FixedStart, Params, float_vector
 
 CONSTANTS = (1.5, 2.25, 2.625)
 
 
-class Beale(Objective):
+class Beale(FixedStart):
     """Beale's 2-D function; minimum 0 at (3, 0.5)."""
 
     name = "beale"
@@ -26,11 +26,6 @@ class Beale(Objective):
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self.minimizer = {"x": torch.tensor([3.0, 0.5], device=device, dtype=dtype)}
-
-    def init_params(
-        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
-    ) -> Params:
-        return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
 
     def terms(self, x: Tensor) -> list[Tensor]:
         return [c - x[0] + x[0] * x[1] ** (k + 1) for k, c in enumerate(CONSTANTS)]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gdlab.objectives.base import Objective, Params, float_vector
+from gdlab.objectives.base import FixedStart, Params, float_vector
 
 #: approximate minima, refined by `newton` to full float64 precision
 APPROX_MINIMA = ((3.0, 2.0), (-2.805118, 3.131312), (-3.779310, -3.283186), (3.584428, -1.848126))
@@ -33,7 +33,7 @@ def newton(point: Sequence[float], steps: int = 20) -> Tensor:
     return x
 
 
-class Himmelblau(Objective):
+class Himmelblau(FixedStart):
     """Himmelblau's 2-D function; four minima of value 0, (3, 2) among them."""
 
     name = "himmelblau"
@@ -48,11 +48,6 @@ class Himmelblau(Objective):
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self.minimizers = [{"x": m.to(device=device, dtype=dtype)} for m in self.minimizers_64]
         self.minimizer = {"x": self.nearest.to(device=device, dtype=dtype)}
-
-    def init_params(
-        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
-    ) -> Params:
-        return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
 
     def loss(self, params: Params) -> Tensor:
         x = params["x"]

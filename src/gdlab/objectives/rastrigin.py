@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gdlab.objectives.base import Objective, Params, finite_float, require
+from gdlab.objectives.base import FixedStart, Params, finite_float, require
 from gdlab.objectives.starts import start_vector
 
 
-class Rastrigin(Objective):
+class Rastrigin(FixedStart):
     """Rastrigin's many-minima bowl in n-D; global minimum 0 at the origin."""
 
     name = "rastrigin"
@@ -33,11 +33,6 @@ class Rastrigin(Objective):
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self.minimizer = {"x": torch.zeros(self.n, device=device, dtype=dtype)}
-
-    def init_params(
-        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
-    ) -> Params:
-        return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
 
     def loss(self, params: Params) -> Tensor:
         x = params["x"]

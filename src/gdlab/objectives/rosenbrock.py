@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gdlab.objectives.base import Objective, Params, finite_float, require
+from gdlab.objectives.base import FixedStart, Params, finite_float, require
 from gdlab.objectives.starts import start_vector
 
 
-class Rosenbrock(Objective):
+class Rosenbrock(FixedStart):
     """Rosenbrock's banana valley in n-D; minimum 0 at (1, ..., 1) for a = 1."""
 
     name = "rosenbrock"
@@ -43,11 +43,6 @@ class Rosenbrock(Objective):
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         if self._x_star is not None:
             self.minimizer = {"x": torch.tensor(self._x_star, device=device, dtype=dtype)}
-
-    def init_params(
-        self, generator: torch.Generator, device: torch.device, dtype: torch.dtype
-    ) -> Params:
-        return {"x": torch.tensor(self.x0, device=device, dtype=dtype)}
 
     def loss(self, params: Params) -> Tensor:
         x = params["x"]
