@@ -189,8 +189,7 @@ class Trainer:
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
 
     def run(self) -> RunResult:
-        params, settings = self.params, self.settings
-        tensors = list(params.values())
+        params, settings, tensors = self.params, self.settings, self._tensors
         loss_and_grad, schedule, update, interrupt = (
             self.loss_and_grad,
             self.schedule,
