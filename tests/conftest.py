@@ -66,3 +66,13 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_sweep(
+    *args: str, cwd: Path, expect: int = 0, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`gdlab -m ARGS` in `cwd`: checks the exit code, returns the process and its sweep dir."""
+    proc = run_cli("-m", *args, cwd=cwd, timeout=timeout)
+    assert proc.returncode == expect, proc.stderr
+    (sweep_dir,) = (Path(cwd) / "outputs" / "multirun").glob("*/*")
+    return proc, sweep_dir

@@ -19,7 +19,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from gdlab.events import RunInfo, RunResult
 from gdlab.experiment import run_experiment
 from gdlab.sinks.tensorboard import TensorBoardSink
-from tests.conftest import compose_config, read_metrics, run_cli
+from tests.conftest import compose_config, read_metrics, run_sweep
 
 
 def run_with_overrides(run_dir: Path, *overrides: str) -> RunResult:
@@ -129,16 +129,9 @@ ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RU
 
 @pytest.mark.slow
 def test_tensorboard_server_shows_one_hparams_row_per_job(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m",
-        "optimizer.lr=0.05,0.2,1.2",
-        "objective=multivariate",
-        "logger.plots=false",
-        cwd=tmp_path,
-        timeout=300,
+    _proc, sweep_dir = run_sweep(
+        "optimizer.lr=0.05,0.2,1.2", "objective=multivariate", "logger.plots=false", cwd=tmp_path
     )
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     jobs = {p.name: read_metrics(p) for p in sweep_dir.iterdir() if (p / "metrics.json").exists()}
     assert len(jobs) == 3
 

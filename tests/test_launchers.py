@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gdlab.sweep import collect_jobs
 from gdlab.threads import joblib_workers, threads_per_job, usable_cpus
-from tests.conftest import read_metrics, run_cli
+from tests.conftest import read_metrics, run_cli, run_sweep
 
 JOBLIB = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
 SUBMITIT = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}
@@ -61,17 +61,13 @@ def check_sweep(sweep_dir: Path, n_jobs: int, steps: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m",
+    proc, sweep_dir = run_sweep(
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "optimizer.lr=0.02,0.1,0.3,0.5",
         "trainer.steps=30",
         cwd=tmp_path,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")  # one sweep directory
     table = check_sweep(sweep_dir, 4, 30)
     assert table[0]["optimizer.lr"] == "0.5"
     expected = max(1, usable_cpus() // 2)
@@ -86,18 +82,14 @@ def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_submitit_local_sweep_of_two_jobs(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m",
+    _proc, sweep_dir = run_sweep(
         "hydra/launcher=submitit_local",
         "hydra.launcher.timeout_min=5",
         "optimizer.lr=0.1,0.2",
         "objective=multivariate",
         "trainer.steps=25",
         cwd=tmp_path,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     check_sweep(sweep_dir, 2, 25)
     assert (sweep_dir / ".submitit").is_dir()  # submitit's own logs stay out of the job list
     assert len(collect_jobs(sweep_dir)) == 2

@@ -25,7 +25,7 @@ from gdlab.sweep import (
     record_failure,
     write_summary,
 )
-from tests.conftest import compose_config, read_metrics, run_cli
+from tests.conftest import compose_config, read_metrics, run_cli, run_sweep
 
 
 def make_job(sweep_dir: Path, overrides: list[str], num: int, run: bool = True) -> Path:
@@ -184,16 +184,12 @@ def test_a_sweep_of_results_only_is_not_failed(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multirun_layout_summary_and_console(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m",
+    proc, sweep_dir = run_sweep(
         "optimizer.lr=0.01,0.1,0.5,1.1",
         "objective=quadratic,multivariate",
         "trainer.steps=40",
         cwd=tmp_path,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     expected = sorted(
         f"objective={o},optimizer.lr={lr},trainer.steps=40"
@@ -238,11 +234,9 @@ def run_cli_report(*args: str):
 
 @pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep_and_sets_the_exit_code(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m", "objective.a=0,1", "optimizer.lr=0.1,0.5", "logger.plots=false", cwd=tmp_path
+    proc, sweep_dir = run_sweep(
+        "objective.a=0,1", "optimizer.lr=0.1,0.5", "logger.plots=false", cwd=tmp_path, expect=1
     )
-    assert proc.returncode == 1, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     rows = {r.job: r for r in collect_jobs(sweep_dir)}
     assert len(rows) == 4
     failed = [r for r in rows.values() if r.status == "failed"]
@@ -256,20 +250,16 @@ def test_a_failing_job_does_not_stop_the_sweep_and_sets_the_exit_code(tmp_path: 
 
 @pytest.mark.slow
 def test_diverged_jobs_leave_the_exit_code_zero(tmp_path: Path) -> None:
-    proc = run_cli(
-        "-m", "experiment=saddle", "optimizer.lr=0.1,0.2", "logger.plots=false", cwd=tmp_path
+    proc, sweep_dir = run_sweep(
+        "experiment=saddle", "optimizer.lr=0.1,0.2", "logger.plots=false", cwd=tmp_path
     )
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert [r.status for r in collect_jobs(sweep_dir)] == ["diverged", "diverged"]
     assert "no job finished, none ranked" in proc.stdout
 
 
 @pytest.mark.slow
 def test_the_same_overrides_twice_get_two_directories(tmp_path: Path) -> None:
-    proc = run_cli("-m", "optimizer.lr=0.1,0.1", "trainer.steps=5", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    _proc, sweep_dir = run_sweep("optimizer.lr=0.1,0.1", "trainer.steps=5", cwd=tmp_path)
     names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert names == ["optimizer.lr=0.1,trainer.steps=5", "optimizer.lr=0.1,trainer.steps=5-job1"]
     for name in names:
