@@ -49,6 +49,27 @@ def test_console_script_and_module_are_the_same_app(tmp_path: Path) -> None:
     assert a["params"] == b["params"] and a["final_loss"] == b["final_loss"]
 
 
+def test_console_scripts_exit_with_the_code_main_returns(tmp_path: Path) -> None:
+    """The console scripts are the thin exiting wrappers; `main` itself only returns."""
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert {name: scripts.get(name) for name in ("gdlab", "gdlab-check", "gdlab-report")} == {
+        "gdlab": "gdlab.cli:console_main",
+        "gdlab-check": "gdlab.check:console_main",
+        "gdlab-report": "gdlab.report:console_main",
+    }
+    bin_dir = Path(sys.executable).parent
+    for command in (
+        [str(bin_dir / "gdlab"), "optimizer.lr=abc"],
+        [str(bin_dir / "gdlab-report"), str(tmp_path / "missing")],
+        [sys.executable, "-m", "gdlab.report", str(tmp_path / "missing")],
+    ):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_runs_started_together_never_share_a_directory(tmp_path: Path) -> None:
     with ThreadPoolExecutor(3) as pool:
         procs = list(pool.map(lambda _: run_cli("trainer.steps=5", cwd=tmp_path), range(3)))

@@ -7,7 +7,8 @@ import torch
 
 from gdlab.errors import GdlabError
 from gdlab.optim import SGDSettings, UpdateRule
-from gdlab.schedules import make_schedule
+from gdlab.schedules import ScheduleSpec, make_schedule
+from gdlab.settings import BATCHABLE, SETTINGS, check_values, member_problems
 
 
 def loss_of(params: list[torch.Tensor], A: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,7 @@ def test_clipping_equals_clip_grad_norm() -> None:
     ],
 )
 def test_schedules_equal_torch_schedulers(name: str, kwargs: dict, make_reference) -> None:
-    ours = make_schedule(name, 0.3, 40, **kwargs)
+    ours = make_schedule(ScheduleSpec(name, **kwargs), 0.3, 40)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
     reference = make_reference(opt)
     for t in range(40):
@@ -114,6 +115,7 @@ def test_schedules_equal_torch_schedulers(name: str, kwargs: dict, make_referenc
     ("settings", "key"),
     [
         ({"lr": 0.0}, "optimizer.lr"),
+        ({"lr": float("nan")}, "optimizer.lr"),
         ({"lr": float("inf")}, "optimizer.lr"),
         ({"lr": 0.1, "momentum": 1.0}, "optimizer.momentum"),
         ({"lr": 0.1, "momentum": -0.1}, "optimizer.momentum"),
@@ -123,10 +125,36 @@ def test_schedules_equal_torch_schedulers(name: str, kwargs: dict, make_referenc
     ],
 )
 def test_bad_settings_name_the_key(settings: dict, key: str) -> None:
+    defaults = {s.key: s.default for s in SETTINGS}
+    values = {**defaults, **{f"optimizer.{name}": value for name, value in settings.items()}}
     with pytest.raises(GdlabError, match=key.replace(".", r"\.")):
-        SGDSettings(**settings)
+        check_values(values)
+    # a population member with the same values is refused with the same line
+    columns = {name: [value] for name, value in settings.items()}
+    problems = member_problems(columns, defaults, 1)
+    assert problems[0].startswith(key)
 
 
 def test_unknown_schedule_lists_the_allowed_ones() -> None:
-    with pytest.raises(GdlabError, match="allowed: constant, step, cosine, exponential"):
-        make_schedule("linear", 0.1, 10)
+    with pytest.raises(GdlabError, match="one of: constant, step, cosine, exponential"):
+        check_values({"optimizer.schedule.name": "linear"})
+
+
+def test_settings_table_builds_the_schema_and_the_member_columns() -> None:
+    """One row per key: the schema's fields, defaults and batchable columns come from it."""
+    from dataclasses import fields
+
+    from gdlab.config import OptimizerConfig, TrainerConfig
+    from gdlab.population.members import Members
+
+    rows = {s.key: s for s in SETTINGS}
+    for prefix, schema in (("optimizer", OptimizerConfig), ("trainer", TrainerConfig)):
+        for f in fields(schema):
+            key = f"{prefix}.{f.name}"
+            if key in rows:
+                assert f.default == rows[key].default, key
+            else:
+                assert key == "optimizer.schedule", key
+    assert set(Members.build(1, {n: rows[k].default for k, n in BATCHABLE.items()}).columns) == {
+        s.name for s in SETTINGS if s.batchable
+    }

@@ -13,16 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.objectives.multivariate import QuadraticForm
-from gdlab.sinks.plots import (
-    PlotSink,
-    draw_lr_plot,
-    fit_figure,
-    landscape_figure,
-    loss_figure,
-    lr_figure,
-    png_size,
-)
-from gdlab.sweep import JobRow
+from gdlab.plotting import png_size
+from gdlab.sinks.plots import PlotSink, fit_figure, landscape_figure, loss_figure
+from gdlab.sweep.jobs import JobRow
+from gdlab.sweep.lr_plot import draw_lr_plot, lr_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

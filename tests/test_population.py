@@ -32,7 +32,7 @@ from gdlab.population import (
     auto_chunk_size,
     from_config,
 )
-from gdlab.schedules import make_schedule
+from gdlab.schedules import lr_at, make_schedule
 from tests.conftest import compose_config
 
 #: (relative tolerance, whether stop reasons must match word for word) per dtype
@@ -221,8 +221,8 @@ def test_batched_schedule_is_bitwise_make_schedule(name: str) -> None:
     spec = ScheduleSpec(name, step_size=5, gamma=0.9, min_lr=0.01)
     table = torch.tensor(lrs, dtype=torch.float64)
     for t in range(0, 60, 3):
-        batched = spec.at(table, t, 40).tolist()
-        plain = [make_schedule(name, lr, 40, step_size=5, gamma=0.9, min_lr=0.01)(t) for lr in lrs]
+        batched = lr_at(spec, table, t, 40).tolist()
+        plain = [make_schedule(spec, lr, 40)(t) for lr in lrs]
         assert batched == plain
 
 
@@ -370,7 +370,7 @@ def test_a_parameter_without_gradient_is_left_alone_as_in_a_plain_run() -> None:
         rule = UpdateRule(SGDSettings(**row))
         # zero_grad=set_to_none: with `zero`, trainer.py calls .zero_() on z's None gradient
         plain_settings = TrainerSettings(steps=20, tol=0.0, set_to_none=True)
-        schedule = make_schedule("constant", row["lr"], 20)
+        schedule = make_schedule(ScheduleSpec(), row["lr"], 20)
         plain = Trainer(objective.loss, params, rule, schedule, plain_settings).run()
         assert plain.params["z"].tolist() == result.member(i).params["z"].tolist() == [5.0]
         torch.testing.assert_close(result.member(i).params["x"], plain.params["x"])

@@ -16,16 +16,18 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
-from gdlab.report import report
-from gdlab.sweep import collect_jobs, write_summary
-from hydra_plugins.gdlab_population._job import POPULATION_JSON, run_population_job, stability_lr
-from hydra_plugins.gdlab_population._plan import plan_sweep
-from hydra_plugins.gdlab_population._tensorboard import (
+from gdlab.population.job import run_population_job
+from gdlab.population.tensorboard import (
     CURVES_DIR,
     MEMBERS_DIR,
     session_start_summary,
     spread,
 )
+from gdlab.report import report
+from gdlab.results import POPULATION_JSON
+from gdlab.rules import stability_lr
+from gdlab.sweep import collect_jobs, write_summary
+from hydra_plugins.gdlab_population._plan import plan_sweep
 from tests.conftest import compose_config, run_cli
 
 GRID = ("optimizer.lr=0.01,0.1,0.4,0.9,1.5", "optimizer.momentum=0,0.5")
@@ -184,3 +186,44 @@ def test_population_and_plain_sweeps_name_the_same_best_setting(tmp_path: Path) 
         if a["final_loss"]:
             assert float(b["final_loss"]) == pytest.approx(float(a["final_loss"]), rel=1e-5)
     assert "diverged" in {r["status"] for r in plain}  # 2/L = 0.31: the grid crosses it
+
+
+class DuckObjective:
+    """The objective contract at its smallest: no base class, no data, no minimiser."""
+
+    def init_params(self, generator: Any, device: Any, dtype: Any) -> dict[str, Any]:
+        import torch
+
+        return {"x": torch.tensor([0.0, 3.0], device=device, dtype=dtype)}
+
+    def loss(self, params: dict[str, Any]) -> Any:
+        x = params["x"]
+        return (x[0] - 1.0) ** 2 + 2.0 * (x[1] + 0.5) ** 2
+
+
+def test_a_duck_typed_objective_trains_as_a_population_and_matches_its_plain_runs(
+    tmp_path: Path,
+) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    from gdlab.experiment import build
+
+    duck = {"_target_": f"{__name__}.DuckObjective"}
+    grid = ("optimizer.lr=0.05,0.2,0.6", "optimizer.momentum=0,0.5", "trainer.seed=0,1")
+    parsed = OverridesParser.create().parse_overrides(["trainer.steps=30", *grid])
+    (plan,) = plan_sweep(parsed, None, {"strategy": "auto", "chunk_size": None})
+    cfg = compose_config(["trainer.progress=false", "logger.plots=false", *plan.overrides])
+    with open_dict(cfg):
+        cfg.objective = OmegaConf.create(duck)
+    job_dir = tmp_path / "job"
+    run_population_job(cfg, plan, job_dir)
+    doc = json.loads((job_dir / POPULATION_JSON).read_text())
+    assert doc["members"] == 12 and doc["distance_to_minimizer"] == [None] * 12
+    for i, overrides in enumerate(doc["overrides"]):
+        plain_cfg = compose_config(["trainer.progress=false", "trainer.steps=30", *overrides])
+        with open_dict(plain_cfg):
+            plain_cfg.objective = OmegaConf.create(duck)
+        plain = build(plain_cfg).trainer.run()
+        assert doc["status"][i] == plain.status and doc["steps"][i] == plain.steps
+        assert doc["final_loss"][i] == pytest.approx(plain.final_loss, rel=1e-5, abs=1e-12)
+        assert doc["params"]["x"][i] == pytest.approx(plain.params["x"].tolist(), rel=1e-5)

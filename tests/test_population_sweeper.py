@@ -15,9 +15,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
 from gdlab.errors import GdlabError
-from gdlab.population import MEMBER_KEYS
+from gdlab.settings import BATCHABLE, MEMBER_KEYS
 from hydra_plugins.gdlab_population._plan import (
-    BATCHABLE,
     coerce,
     member_overrides,
     plan_sweep,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gdlab.report import main
-from gdlab.sweep import SweepSummaryCallback, collect_jobs
+from gdlab.sweep.callback import SweepSummaryCallback
+from gdlab.sweep.summary import collect_jobs
 from tests.test_sweep import make_job
 
 
@@ -20,6 +21,15 @@ def lr_sweep(tmp_path: Path) -> Path:
     for num, lr in enumerate(("0.01", "0.1", "0.5", "1.2")):
         make_job(sweep_dir, [f"optimizer.lr={lr}", "logger.plots=false", "trainer.steps=40"], num)
     return sweep_dir
+
+
+def run_report(*argv: str) -> int:
+    """`gdlab-report ARGV` in this process: its exit code, whether `main` returns or exits."""
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:
+        code = stop.code
+    return code or 0
 
 
 def read_table(sweep_dir: Path) -> list[dict]:
@@ -36,7 +46,7 @@ def test_report_rebuilds_what_the_callback_wrote(lr_sweep: Path, capsys) -> None
         (lr_sweep / name).unlink()
     (lr_sweep / "lr.png").unlink()
     capsys.readouterr()
-    main([str(lr_sweep), "--top", "3"])
+    assert run_report(str(lr_sweep), "--top", "3") == 0
     out = capsys.readouterr().out
     assert {name: (lr_sweep / name).read_text() for name in written} == written
     assert (lr_sweep / "lr.png").read_bytes().startswith(b"\x89PNG")
@@ -49,7 +59,7 @@ def test_report_of_an_interrupted_sweep(lr_sweep: Path, capsys) -> None:
     killed = next(p for p in lr_sweep.iterdir() if "optimizer.lr=0.1," in p.name)
     (killed / "metrics.json").unlink()
     make_job(lr_sweep, ["optimizer.lr=0.3", "logger.plots=false", "trainer.steps=40"], 4, False)
-    main([str(lr_sweep), "--no-plot"])
+    assert run_report(str(lr_sweep), "--no-plot") == 0
     rows = {r.job: r for r in collect_jobs(lr_sweep)}
     assert len(rows) == 5
     lost = rows[killed.name]
@@ -68,7 +78,7 @@ def test_report_of_an_interrupted_sweep(lr_sweep: Path, capsys) -> None:
 def test_no_lr_plot_when_lr_does_not_vary(tmp_path: Path) -> None:
     for num, seed in enumerate((0, 1)):
         make_job(tmp_path, ["experiment=linear_regression", f"trainer.seed={seed}"], num)
-    main([str(tmp_path)])
+    assert run_report(str(tmp_path)) == 0
     assert len(read_table(tmp_path)) == 2
     assert not (tmp_path / "lr.png").exists()
 
@@ -78,9 +88,7 @@ def test_report_refuses_a_directory_without_jobs(tmp_path: Path, capsys, make: s
     target = tmp_path / "nothing"
     if make == "empty":
         target.mkdir()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(target)])
-    assert exit_info.value.code == 2
+    assert run_report(str(target)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"gdlab-report: error: {target}")
 

@@ -11,20 +11,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from gdlab import sweep
 from gdlab.errors import GdlabError
 from gdlab.events import RunResult
 from gdlab.experiment import run_experiment
-from gdlab.sweep import (
-    MAX_DIRNAME,
-    SweepSummaryCallback,
-    collect_jobs,
-    job_dirname,
-    objective_value,
-    override_hparams,
-    record_failure,
-    write_summary,
-)
+from gdlab.sweep.callback import SweepSummaryCallback, last_sweep_failed
+from gdlab.sweep.failures import objective_value, record_failure
+from gdlab.sweep.hparams import override_hparams
+from gdlab.sweep.naming import MAX_DIRNAME, job_dirname
+from gdlab.sweep.summary import collect_jobs, write_summary
 from tests.conftest import compose_config, read_metrics, run_cli, run_sweep
 
 
@@ -167,7 +161,7 @@ def test_callback_writes_the_summary_and_reports_failures(small_sweep: Path, cap
     assert "5 runs: 1 converged, 1 diverged, 1 failed, 2 finished; best: optimizer.lr=0.5" in out
     assert out.count("\n| ") == 4  # header, two rows, and the "more" line
     assert "1 job(s) failed" in err
-    assert sweep.last_sweep_failed()
+    assert last_sweep_failed()
     assert (small_sweep / "summary.csv").exists() and (small_sweep / "lr.png").exists()
 
 
@@ -176,7 +170,7 @@ def test_a_sweep_of_results_only_is_not_failed(tmp_path: Path) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     SweepSummaryCallback().on_multirun_end(config)
     assert [r.status for r in collect_jobs(tmp_path)] == ["diverged"]
-    assert not sweep.last_sweep_failed()  # diverged is a result, not a failure
+    assert not last_sweep_failed()  # diverged is a result, not a failure
 
 
 # --------------------------------------------------------------------------- the real command

@@ -15,6 +15,7 @@ of each mismatch (2 for a user mistake, 0 when everything agrees).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import hydra
@@ -184,14 +185,19 @@ def app(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def main() -> None:
-    """Console-script entry point (`gdlab-check`, `python -m gdlab.check`).
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gdlab-check` in this process and return its exit code (`argv`: default sys.argv[1:]).
 
     A bad override (`objective=nope`, `check.points=abc`) is one line and exit code 2, as in
     `gdlab`, so exit code 1 always means a gradient mismatch; HYDRA_FULL_ERROR=1 shows tracebacks.
     """
-    exit_quickly(run_app(app, "gdlab-check"))
+    return run_app(app, "gdlab-check", argv=argv)
+
+
+def console_main() -> None:
+    """Console-script entry point (`gdlab-check`, `python -m gdlab.check`)."""
+    exit_quickly(main())
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

@@ -2,12 +2,16 @@
 
 User mistakes (a bad override, an unknown option, a missing GPU, a corrupt checkpoint) end as
 one line on stderr and exit code 2; set HYDRA_FULL_ERROR=1 to see the traceback instead.
+
+`main()` runs the command in this process and returns its exit code, so Python code can call
+it again and again; `console_main()` (the `gdlab` console script, `python -m gdlab`) exits.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -16,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab.config import OUTPUT_SUBDIR, config_dir
-from gdlab.entry import SHOW_TRACEBACKS, USAGE_ERROR, exit_quickly, run_app
+from gdlab.entry import USAGE_ERROR, exit_quickly, run_app, show_tracebacks
 from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
 from gdlab.resume import AlreadyFinished, prepare_resume
@@ -37,14 +41,15 @@ def app(cfg: DictConfig) -> float | None:
             # One job never stops a sweep: its failure goes into its metrics.json, the sweep
             # summary lists it, and `main` turns it into the sweep's exit code.
             return job_failed(Path(hydra_cfg.runtime.output_dir), err)
-        if not isinstance(err, GdlabError) or SHOW_TRACEBACKS:
+        if not isinstance(err, GdlabError) or show_tracebacks():
             raise
         print(f"gdlab: error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
 
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
-    """One run: resume if asked, train, report; exits 130/143 when interrupted by a signal.
+    """One run: resume if asked, train, report; SystemExit(130/143) when interrupted by a
+    signal (`main` returns that code).
 
     Returns the final loss (infinity when diverged): the value an Optuna sweeper minimises."""
     from gdlab.experiment import run_experiment  # after Hydra has parsed the command line
@@ -85,9 +90,29 @@ def explain_for_resume(message: str) -> str:
     return message
 
 
-def main() -> None:
-    """Console-script entry point (`gdlab`, `python -m gdlab`)."""
-    code = run_app(app, "gdlab", explain_for_resume)
-    if code == 0 and last_sweep_failed():  # set by the sweep summary callback
-        code = SWEEP_FAILED
-    exit_quickly(code)
+def forget_last_sweep() -> None:
+    """Clear the summary the sweep callback keeps of the last multirun (a module global in the
+    module that defines `last_sweep_failed`), so each call of `main` starts without one."""
+    sys.modules[last_sweep_failed.__module__]._last_summary = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gdlab` in this process; return its exit code, never exit the interpreter.
+
+    `argv` is the command line without the program name (default: sys.argv[1:], which Hydra
+    reads). 0: done; 1: a multirun with a failed job; 2: a user mistake, printed in one line;
+    130/143: interrupted by SIGINT/SIGTERM (the run saved a checkpoint to resume from).
+    """
+    forget_last_sweep()
+    try:
+        code = run_app(app, "gdlab", explain_for_resume, argv)
+        if code == 0 and last_sweep_failed():  # set by the sweep summary callback
+            code = SWEEP_FAILED
+    finally:
+        forget_last_sweep()
+    return code
+
+
+def console_main() -> None:
+    """Console-script entry point (`gdlab`, `python -m gdlab`): `main`, then a quick exit."""
+    exit_quickly(main())

@@ -2,8 +2,9 @@
 
 Hydra merges the YAML files under `configs/` onto these dataclasses, so a wrong type
 (`optimizer.lr=abc`) or an unknown key (`optimizer.lrr=0.1`) is refused while the config is
-composed, before anything runs. Range checks that types cannot express live beside the code
-that uses the value (`optim.SGDSettings`, `schedules`, the objectives' constructors).
+composed, before anything runs. The optimizer and trainer schemas are built from the settings
+table (`gdlab.settings`): their keys, types and defaults are its rows; its range checks run
+when a run or a population job is built (`gdlab.problem`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from gdlab.errors import GdlabError
+from gdlab.settings import ZeroGrad, settings_of
+
+__all__ = ["ZeroGrad"]
 
 
 class DeviceType(Enum):
@@ -32,43 +36,23 @@ class Dtype(Enum):
     float64 = "float64"
 
 
-class ZeroGrad(Enum):
-    zero = "zero"  # p.grad.zero_(), as the tutorial does
-    set_to_none = "set_to_none"  # p.grad = None: frees the gradient between steps
+def schema_from_table(name: str, group: str, nested: dict[str, type] | None = None) -> type:
+    """A dataclass whose fields are the settings table's rows under `group` (plus `nested`
+    groups as fields holding their own schema)."""
+    fields: list[tuple[str, Any, Any]] = []
+    for setting in settings_of(group):
+        kind = Optional[setting.kind] if setting.nullable else setting.kind  # noqa: UP045
+        fields.append((setting.name, kind, field(default=setting.default)))
+    for key, schema in (nested or {}).items():
+        fields.append((key, schema, field(default_factory=schema)))
+    schema = dataclasses.make_dataclass(name, fields)
+    schema.__module__ = __name__
+    return schema
 
 
-@dataclass
-class ScheduleConfig:
-    name: str = "constant"  # constant, step, cosine, exponential
-    step_size: int = 100  # step: multiply by gamma every step_size steps
-    gamma: float = 0.1  # step and exponential decay factor
-    min_lr: float = 0.0  # cosine: the lr reached at the last step
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    dampening: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-
-
-@dataclass
-class TrainerConfig:
-    steps: int = 50
-    seed: int = 0  # draws the initial parameters and the mini-batch order
-    tol: float = 1e-6  # converged when the gradient norm falls below this (0: never)
-    log_every: int | None = None  # null: every step up to 1000 steps, ~1000 points beyond
-    divergence_bound: float = 1e8  # diverged when a parameter's norm exceeds this
-    zero_grad: ZeroGrad = ZeroGrad.zero
-    progress: bool | None = None  # null: a progress bar only on a terminal
-    checkpoint_every: int | None = 1000  # also at the end and on Ctrl-C/SIGTERM; null: end only
-    resume: str | None = None  # a run directory to continue, in place
-    chunk_rows: int | None = None  # full-batch gradients accumulated over row chunks (null: off)
+ScheduleConfig = schema_from_table("ScheduleConfig", "optimizer.schedule")
+OptimizerConfig = schema_from_table("OptimizerConfig", "optimizer", {"schedule": ScheduleConfig})
+TrainerConfig = schema_from_table("TrainerConfig", "trainer")
 
 
 @dataclass
@@ -86,8 +70,8 @@ class LoggerConfig:
 @dataclass
 class GdlabConfig:
     objective: Any = MISSING
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # type: ignore[valid-type]
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # type: ignore[valid-type]
     device: DeviceConfig = field(default_factory=DeviceConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -160,7 +144,7 @@ def register_configs() -> None:
             "gdlab.output_subdir", lambda resume: OUTPUT_SUBDIR if resume is None else None
         )
     if not OmegaConf.has_resolver("gdlab.job_dir"):
-        from gdlab.sweep import job_dirname  # light: no torch, no matplotlib
+        from gdlab.sweep.naming import job_dirname  # light: no torch, no matplotlib
 
         # hydra.sweep.subdir; cached so a job resolves (and claims) its directory once
         OmegaConf.register_new_resolver("gdlab.job_dir", job_dirname, use_cache=True)

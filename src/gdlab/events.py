@@ -7,9 +7,10 @@ nothing from the trainer but these objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: parameters with at most this many numbers are logged as scalars and kept for plots
 SMALL_PARAM_NUMEL = 8

@@ -7,6 +7,7 @@ It knows Hydra only through the config it is handed, so tests and notebooks call
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,26 +16,20 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
 from gdlab.checkpoint import save_checkpoint
-from gdlab.config import reject_unknown_keys
-from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import SGDSettings, UpdateRule
+from gdlab.problem import Problem, build_problem
 from gdlab.schedules import make_schedule
+from gdlab.settings import HPARAM_KEYS, settings_of
 from gdlab.sinks.console import ConsoleSink
 from gdlab.sinks.metrics import MetricsSink
 from gdlab.sweep import override_hparams
-from gdlab.trainer import (
-    BatchSampler,
-    StopRequest,
-    Trainer,
-    TrainerSettings,
-    default_log_every,
-    row_chunks,
-)
+from gdlab.trainer import StopRequest, Trainer, row_chunks
 
 log = logging.getLogger("gdlab")
 
@@ -43,22 +38,16 @@ log = logging.getLogger("gdlab")
 class Experiment:
     """Everything a run needs, built and checked, before the first step."""
 
-    objective: Objective
+    problem: Problem
     params: Params
     trainer: Trainer
     info: RunInfo
     device_note: str
     sinks: list[Sink] = field(default_factory=list)
 
-
-def enum_value(value: Any) -> str:
-    """Config enums (DeviceType, Dtype, ZeroGrad) as their plain string."""
-    return str(getattr(value, "value", value))
-
-
-def build_objective(node: DictConfig) -> Objective:
-    """Instantiate the objective from its config node; user and plugin mistakes are one line."""
-    return objectives.build_objective(node)
+    @property
+    def objective(self) -> Objective:
+        return self.problem.objective
 
 
 def objective_name(objective: Objective) -> str:
@@ -70,10 +59,10 @@ def make_sampler(
     objective: Objective, generator: torch.Generator, device: torch.device
 ) -> BatchSampler | None:
     """A seeded mini-batch sampler when the objective asks for mini-batches, else None."""
-    n, batch_size = getattr(objective, "n_samples", None), getattr(objective, "batch_size", None)
-    if n is None or batch_size is None or batch_size >= n:
+    if not uses_mini_batches(objective):
         return None
-    return BatchSampler(n, batch_size, generator, device)
+    n, batch_size = data_shape(objective)
+    return BatchSampler(n, batch_size, generator, device)  # type: ignore[arg-type]
 
 
 def gradient_chunks(objective: Objective, chunk_rows: int | None) -> list[slice] | None:
@@ -85,24 +74,30 @@ def gradient_chunks(objective: Objective, chunk_rows: int | None) -> list[slice]
     """
     if chunk_rows is None:
         return None
-    if chunk_rows < 1:
-        raise GdlabError(f"trainer.chunk_rows={chunk_rows} must be >= 1 (or null: one pass)")
-    n = getattr(objective, "n_samples", None)
+    n, _ = data_shape(objective)
     if n is None:
         raise GdlabError("trainer.chunk_rows needs an objective with data (n_samples)")
     return row_chunks(n, chunk_rows)
 
 
-def main_hparams(cfg: DictConfig, objective: str) -> dict[str, Any]:
-    """The hyperparameters every run reports, whatever was swept."""
+def main_hparams(problem: Problem, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hyperparameters every run reports, whatever was swept (the table's `hparam` rows;
+    `values` overrides the problem's own, e.g. with a population member's)."""
+    values = {**problem.values, **(values or {})}
     return {
-        "objective": objective,
-        "optimizer.lr": cfg.optimizer.lr,
-        "optimizer.momentum": cfg.optimizer.momentum,
-        "trainer.steps": cfg.trainer.steps,
-        "device": enum_value(cfg.device.type),
-        "dtype": enum_value(cfg.device.dtype),
+        "objective": problem.name,
+        **{key: values[key] for key in HPARAM_KEYS},
+        "device": problem.device.type,
+        "dtype": problem.dtype_name,
     }
+
+
+def update_rule(values: dict[str, Any]) -> UpdateRule:
+    """The update rule with a plain run's hyperparameters (the optimizer rows of the table)."""
+    names = {f.name for f in dataclasses.fields(SGDSettings)}
+    return UpdateRule(
+        SGDSettings(**{s.name: values[s.key] for s in settings_of("optimizer") if s.name in names})
+    )
 
 
 def build(
@@ -117,72 +112,23 @@ def build(
     `overrides` (the command line that composed `cfg`) go into checkpoints, so a resumed run
     can be composed again the same way; `interrupt` lets a signal stop the run cleanly.
     """
-    reject_unknown_keys(cfg)
-    device, device_note = resolve_device(enum_value(cfg.device.type))
-    dtype = resolve_dtype(enum_value(cfg.device.dtype))
-    t = cfg.trainer
-    if t.steps < 1:
-        raise GdlabError(f"trainer.steps={t.steps} must be >= 1")
-    if t.log_every is not None and t.log_every < 1:
-        raise GdlabError(f"trainer.log_every={t.log_every} must be >= 1 (or null for automatic)")
-    if t.tol < 0:
-        raise GdlabError(f"trainer.tol={t.tol} must be >= 0 (0 turns convergence off)")
-    if not t.divergence_bound > 0:
-        raise GdlabError(f"trainer.divergence_bound={t.divergence_bound} must be > 0")
-    if t.checkpoint_every is not None and t.checkpoint_every < 1:
-        raise GdlabError(
-            f"trainer.checkpoint_every={t.checkpoint_every} must be >= 1 (or null: at the end only)"
-        )
-
-    objective = build_objective(cfg.objective)
-    objectives.setup_objective(objective, device, dtype)  # setup() is optional
-    generator = torch.Generator(device=device).manual_seed(int(t.seed))
-    initial = objectives.checked_init_params(objective, generator, device, dtype)
-    params = {
-        name: value.detach().to(device=device, dtype=dtype).requires_grad_(True)
-        for name, value in initial.items()
-    }
+    problem = build_problem(cfg)
+    values, objective, device = problem.values, problem.objective, problem.device
+    start, generator = problem.initial_params(values["trainer.seed"])
+    params = {name: value.requires_grad_(True) for name, value in start.items()}
     objectives.check_loss(objective, params, device)  # a scalar on the run's device, or one line
 
-    opt = cfg.optimizer
-    rule = UpdateRule(
-        SGDSettings(
-            lr=opt.lr,
-            momentum=opt.momentum,
-            dampening=opt.dampening,
-            nesterov=opt.nesterov,
-            weight_decay=opt.weight_decay,
-            clip_norm=opt.clip_norm,
-        )
-    )
-    schedule = make_schedule(
-        opt.schedule.name,
-        opt.lr,
-        t.steps,
-        step_size=opt.schedule.step_size,
-        gamma=opt.schedule.gamma,
-        min_lr=opt.schedule.min_lr,
-    )
-    log_every = t.log_every or default_log_every(t.steps)
-    settings = TrainerSettings(
-        steps=t.steps,
-        log_every=log_every,
-        tol=t.tol,
-        divergence_bound=t.divergence_bound,
-        set_to_none=enum_value(t.zero_grad) == "set_to_none",
-        checkpoint_every=t.checkpoint_every,
-    )
-
-    name = objective_name(objective)
+    lr = values["optimizer.lr"]
+    schedule = make_schedule(problem.schedule, lr, problem.loop.steps)
     info = RunInfo(
-        objective=name,
+        objective=problem.name,
         device=str(device),
-        dtype=enum_value(cfg.device.dtype),
-        steps=t.steps,
-        log_every=log_every,
+        dtype=problem.dtype_name,
+        steps=problem.loop.steps,
+        log_every=problem.loop.log_every,
         config_yaml=OmegaConf.to_yaml(cfg),
         # HParams: what the command line set (the swept keys), then the main ones
-        hparams={**override_hparams(cfg, overrides), **main_hparams(cfg, name)},
+        hparams={**override_hparams(cfg, overrides), **main_hparams(problem)},
     )
     sinks = make_sinks(cfg, run_dir, objective)
     checkpoint = None
@@ -192,22 +138,23 @@ def build(
             run_dir, {**state, "config_yaml": config_yaml, "overrides": saved_overrides}
         )
     sampler = make_sampler(objective, generator, device)
+    chunk_rows = values["trainer.chunk_rows"]
     trainer = Trainer(
         objective.loss,
         params,
-        rule,
+        update_rule(values),
         schedule,
-        settings,
+        problem.loop,
         sinks=sinks,
-        minimizer=getattr(objective, "minimizer", None),
-        minimum=getattr(objective, "minimum", None),
+        minimizer=problem.minimizer,
+        minimum=problem.minimum,
         sampler=sampler,
         checkpoint=checkpoint,
         interrupt=interrupt,
-        chunks=gradient_chunks(objective, t.chunk_rows) if sampler is None else None,
-        n_samples=getattr(objective, "n_samples", None),
+        chunks=gradient_chunks(objective, chunk_rows) if sampler is None else None,
+        n_samples=data_shape(objective)[0],
     )
-    return Experiment(objective, params, trainer, info, device_note, sinks)
+    return Experiment(problem, params, trainer, info, problem.device_note, sinks)
 
 
 def make_sinks(

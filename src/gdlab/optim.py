@@ -1,20 +1,29 @@
-"""Update rules as plain functions over tensors, plus a small object that holds their state.
+"""Update rules as functions over tensors, plus a small object that holds their state.
 
-The split follows `torch/optim/sgd.py`: `sgd_update` is the functional core (weight decay,
-heavy-ball momentum, Nesterov, the same formulas and order as `torch.optim.SGD`), and
-`UpdateRule` checks its settings at the door and keeps the momentum buffers between steps.
-Everything here runs under `torch.no_grad()` in the trainer and never leaves the device.
+The split follows `torch/optim/sgd.py`: `sgd` is the functional core (gradient clipping,
+weight decay, heavy-ball momentum, Nesterov: the same formulas and order as
+`torch.optim.SGD`), and `UpdateRule` keeps the momentum buffers between the steps of a run.
+
+Both engines call the same `sgd`. In a plain run every hyperparameter is a number. In a
+population the parameters carry a leading member dimension K, and a hyperparameter is either
+a number every member shares or a tensor of K values (one per member, float64 as the config
+holds it, or bool for `nesterov`); a member whose value turns a feature off (momentum 0, no
+decay, clip_norm +inf) takes exactly the plain branch for it (`torch.where`), so an infinity in
+an unused buffer cannot leak into its parameters. Everything here runs under
+`torch.no_grad()` and never leaves the device. The hyperparameters' ranges are checked, with
+every other setting, by `gdlab.settings`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from gdlab.errors import GdlabError
+#: a hyperparameter: one number (a plain run, or shared by every member), or one per member
+Hyper = float | bool | Tensor | None
 
 
 @dataclass(frozen=True)
@@ -28,59 +37,96 @@ class SGDSettings:
     weight_decay: float = 0.0
     clip_norm: float | None = None
 
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise GdlabError(f"optimizer.lr={self.lr!r} must be a finite number > 0")
-        if not (0.0 <= self.momentum < 1.0):
-            raise GdlabError(f"optimizer.momentum={self.momentum!r} must be in [0, 1)")
-        if not (0.0 <= self.dampening <= 1.0):
-            raise GdlabError(f"optimizer.dampening={self.dampening!r} must be in [0, 1]")
-        if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
-            raise GdlabError(
-                "optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0"
-            )
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0.0):
-            raise GdlabError(f"optimizer.weight_decay={self.weight_decay!r} must be >= 0")
-        if self.clip_norm is not None and not (
-            math.isfinite(self.clip_norm) and self.clip_norm > 0
-        ):
-            raise GdlabError(f"optimizer.clip_norm={self.clip_norm!r} must be null or > 0")
+
+def _column(values: Tensor, like: Tensor) -> Tensor:
+    """Per-member values shaped (numbers also typed) to broadcast over a parameter [K, ...]."""
+    if values.is_floating_point():
+        values = values.to(like.dtype)
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def clip_grad_norm(grads: list[Tensor], max_norm: float) -> None:
-    """Scale gradients in place so their total 2-norm is at most `max_norm`.
+def _on(value: Hyper) -> bool:
+    """Whether any member may use the feature this value switches (a tensor: some may)."""
+    return isinstance(value, Tensor) or bool(value)
 
-    Same rule as `torch.nn.utils.clip_grad_norm_`, computed on the device without a host sync.
+
+def _add_scaled(x: Tensor, y: Tensor, alpha: Hyper) -> Tensor:
+    """x + alpha * y, where members with alpha == 0 keep x exactly."""
+    if isinstance(alpha, Tensor):
+        return torch.where(_column(alpha != 0, x), torch.addcmul(x, y, _column(alpha, x)), x)
+    return x.add(y, alpha=alpha)  # type: ignore[arg-type]
+
+
+def clip_grad_norm(grads: list[Tensor], max_norm: Hyper, members: bool = False) -> list[Tensor]:
+    """Gradients scaled so their total 2-norm is at most `max_norm` (per member in a population).
+
+    Same rule as `torch.nn.utils.clip_grad_norm_`, computed on the device without a host sync;
+    a plain run's gradients are scaled in place.
     """
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    torch._foreach_mul_(grads, scale)
+    if not members:
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # type: ignore[operator]
+        torch._foreach_mul_(grads, scale)
+        return grads
+    norms = torch.stack(
+        [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads], dim=1
+    )
+    total = torch.linalg.vector_norm(norms, dim=1)
+    # clip_grad_norm_ computes max_norm / (total + 1e-6) as a reciprocal times max_norm.
+    limit = max_norm.to(total.dtype) if isinstance(max_norm, Tensor) else max_norm
+    scale = torch.clamp((total + 1e-6).reciprocal() * limit, max=1.0)  # type: ignore[operator]
+    if isinstance(max_norm, Tensor):  # +inf: this member does not clip
+        scale = torch.where(torch.isfinite(limit), scale, torch.ones_like(scale))  # type: ignore[arg-type]
+    return [g * _column(scale, g) for g in grads]
 
 
-def sgd_update(
+def sgd(
     params: list[Tensor],
     grads: list[Tensor],
     momentum_buffers: list[Tensor | None],
     *,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
+    lr: Hyper,
+    momentum: Hyper = 0.0,
+    dampening: Hyper = 0.0,
+    nesterov: Hyper = False,
+    weight_decay: Hyper = 0.0,
+    clip_norm: Hyper = None,
+    members: bool = False,
 ) -> None:
-    """One SGD step in place; fills `momentum_buffers` on the first step with momentum."""
+    """One SGD step in place, torch.optim.SGD's formulas; fills `momentum_buffers` on the
+    first step with momentum. `members`: the parameters carry a leading member dimension."""
+    if clip_norm is not None:
+        grads = clip_grad_norm(grads, clip_norm, members)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        if weight_decay != 0.0:
-            grad = grad.add(param, alpha=weight_decay)
-        if momentum != 0.0:
+        if _on(weight_decay):
+            grad = _add_scaled(grad, param, weight_decay)
+        step = grad
+        if _on(momentum):
             buf = momentum_buffers[i]
             if buf is None:
                 buf = torch.clone(grad).detach()
                 momentum_buffers[i] = buf
+            elif isinstance(momentum, Tensor):
+                buf.mul_(_column(momentum, buf))
+                if isinstance(dampening, Tensor):  # 1 - dampening in float64, as a number
+                    buf.addcmul_(grad, _column(1.0 - dampening, grad))
+                else:
+                    buf.add_(grad, alpha=1.0 - dampening)  # type: ignore[operator]
             else:
-                buf.mul_(momentum).add_(grad, alpha=1.0 - dampening)
-            grad = grad.add(buf, alpha=momentum) if nesterov else buf
-        param.add_(grad, alpha=-lr)
+                buf.mul_(momentum).add_(grad, alpha=1.0 - dampening)  # type: ignore[operator]
+            step = buf
+            if _on(nesterov):
+                ahead = _add_scaled(grad, buf, momentum)
+                if isinstance(nesterov, Tensor):
+                    step = torch.where(_column(nesterov, grad), ahead, buf)
+                else:
+                    step = ahead
+            if isinstance(momentum, Tensor):  # members without momentum: the plain step
+                step = torch.where(_column(momentum != 0, grad), step, grad)
+        if isinstance(lr, Tensor):
+            param.addcmul_(step, _column(lr, param), value=-1)
+        else:
+            param.add_(step, alpha=-lr)  # type: ignore[operator]
 
 
 class UpdateRule:
@@ -108,25 +154,23 @@ class UpdateRule:
         if not self.momentum_buffers:
             self.momentum_buffers = [None] * len(params)
         active = [i for i, p in enumerate(params) if p.grad is not None]
-        grads = [params[i].grad for i in active]
-        if s.clip_norm is not None:
-            clip_grad_norm(grads, s.clip_norm)  # type: ignore[arg-type]
         buffers = [self.momentum_buffers[i] for i in active]
-        sgd_update(
+        sgd(
             [params[i] for i in active],
-            grads,  # type: ignore[arg-type]
+            [params[i].grad for i in active],  # type: ignore[misc]
             buffers,
             lr=lr,
             momentum=s.momentum,
             dampening=s.dampening,
             nesterov=s.nesterov,
             weight_decay=s.weight_decay,
+            clip_norm=s.clip_norm,
         )
         for i, buf in zip(active, buffers, strict=True):
             self.momentum_buffers[i] = buf
 
-    def state_dict(self) -> dict[str, list[Tensor | None]]:
+    def state_dict(self) -> dict[str, Any]:
         return {"momentum_buffers": list(self.momentum_buffers)}
 
-    def load_state_dict(self, state: dict[str, list[Tensor | None]]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.momentum_buffers = list(state["momentum_buffers"])

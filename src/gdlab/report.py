@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gdlab.errors import GdlabError
-from gdlab.sweep import find_job_dirs, print_summary, write_summary
+from gdlab.sweep.jobs import find_job_dirs
+from gdlab.sweep.summary import print_summary, write_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,18 +47,30 @@ def report(sweep_dir: Path, top: int = 10, plot: bool = True) -> int:
     return len(summary.rows)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point; a user mistake is one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `gdlab-report` in this process and return its exit code (`argv`: default
+    sys.argv[1:]); a user mistake is one line on stderr and exit code 2."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a usage error argparse has printed
+        return stop.code if isinstance(stop.code, int) else 2
     if args.top < 0:
         print(f"gdlab-report: error: --top={args.top} must be >= 0", file=sys.stderr)
-        sys.exit(2)
+        return 2
     try:
         report(args.sweep_dir, top=args.top, plot=not args.no_plot)
     except GdlabError as err:
         print(f"gdlab-report: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def console_main() -> None:
+    """Console-script entry point (`gdlab-report`, `python -m gdlab.report`)."""
+    from gdlab.entry import exit_quickly
+
+    exit_quickly(main())
 
 
 if __name__ == "__main__":
-    main()
+    console_main()

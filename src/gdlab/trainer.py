@@ -30,9 +30,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from gdlab.batches import BatchSampler
 from gdlab.events import SMALL_PARAM_NUMEL, LogRecord, RunResult, Sink
 from gdlab.objectives.base import Params
 from gdlab.optim import UpdateRule
+from gdlab.rules import Status, distance_to_minimizer, verdict
 from gdlab.schedules import Schedule
 
 
@@ -52,60 +54,12 @@ class StopRequest(Protocol):
     requested: Any
 
 
-class BatchSampler:
-    """Sample indices for mini-batches: a fresh random permutation each epoch, on the device."""
-
-    def __init__(
-        self, n_samples: int, batch_size: int, generator: torch.Generator, device: torch.device
-    ) -> None:
-        self.n_samples = n_samples
-        self.batch_size = batch_size
-        self.generator = generator
-        self.device = device
-        self._order: Tensor | None = None
-        self._position = n_samples
-
-    def next(self) -> Tensor:
-        if self._position + self.batch_size > self.n_samples:
-            self._order = torch.randperm(
-                self.n_samples, generator=self.generator, device=self.device
-            )
-            self._position = 0
-        start = self._position
-        self._position += self.batch_size
-        return self._order[start : self._position]  # type: ignore[index]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "order": None if self._order is None else self._order.cpu(),
-            "position": self._position,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        order = state["order"]
-        self._order = None if order is None else order.to(self.device)
-        self._position = int(state["position"])
-
-
 def row_chunks(n_samples: int, chunk_rows: int) -> list[slice]:
     """Consecutive row ranges covering the data set, `chunk_rows` rows each (the last fewer)."""
     return [
         slice(start, min(start + chunk_rows, n_samples))
         for start in range(0, n_samples, chunk_rows)
     ]
-
-
-def backward_full(loss_fn: Callable[[Params], Tensor]) -> Callable[[Params], Tensor]:
-    """loss = loss_fn(params); loss.backward(): the tutorial's step, as one call."""
-
-    def loss_and_grad(params: Params) -> Tensor:
-        loss = loss_fn(params)
-        loss.backward()
-        return loss
-
-    return loss_and_grad
 
 
 def backward_in_chunks(
@@ -164,14 +118,11 @@ class Trainer:
         for name, p in params.items():
             if not (p.is_leaf and p.requires_grad):
                 raise ValueError(f"parameter {name!r} must be a leaf tensor with requires_grad")
+        self.loss_fn = loss_fn
+        #: full-batch gradients accumulated over row chunks (trainer.chunk_rows), or None
+        self.chunked: Callable[[Params], Tensor] | None = None
         if chunks and len(chunks) > 1 and n_samples:
-            self.full_loss_and_grad = backward_in_chunks(loss_fn, chunks, n_samples)
-        else:
-            self.full_loss_and_grad = backward_full(loss_fn)
-        if sampler is None:
-            self.loss_and_grad = self.full_loss_and_grad
-        else:
-            self.loss_and_grad = backward_full(lambda p: loss_fn(p, sampler.next()))
+            self.chunked = backward_in_chunks(loss_fn, chunks, n_samples)
         self.params = params
         self._tensors = list(params.values())
         self._small = [(k, p) for k, p in params.items() if p.numel() <= SMALL_PARAM_NUMEL]
@@ -190,32 +141,37 @@ class Trainer:
 
     def run(self) -> RunResult:
         params, settings, tensors = self.params, self.settings, self._tensors
-        loss_and_grad, schedule, update, interrupt = (
-            self.loss_and_grad,
-            self.schedule,
-            self.rule.step,
-            self.interrupt,
-        )
+        loss_fn, sampler, chunked = self.loss_fn, self.sampler, self.chunked
+        schedule, update, interrupt = self.schedule, self.rule.step, self.interrupt
         log_every, set_to_none = settings.log_every, settings.set_to_none
         checkpoint_every = settings.checkpoint_every if self.checkpoint else None
 
         start = time.perf_counter()
-        verdict: tuple[str, str] | None = None
+        stop: tuple[Status, str] | None = None
         record: LogRecord | None = None
         step = self.start_step
         for step in range(self.start_step, settings.steps):
             if interrupt is not None and interrupt.requested:
-                verdict = ("interrupted", f"stopped by a signal after {step} steps")
+                stop = (Status.INTERRUPTED, f"stopped by a signal after {step} steps")
                 break
-            loss = loss_and_grad(params)  # loss = loss_fn(params); loss.backward()
+            if chunked is not None:  # the same gradient, accumulated chunk by chunk
+                loss = chunked(params)
+            else:
+                # forward: autograd records the graph (a mini-batch, or the whole data set)
+                loss = loss_fn(params) if sampler is None else loss_fn(params, sampler.next())
+                # backward: fills p.grad for every parameter the loss uses
+                loss.backward()
             lr = schedule(step)
             if step % log_every == 0:
+                # host sync: read loss, gradient norm and parameters back, apply the stop rules
                 record = self._observe(step, loss, lr)
-                verdict = self._verdict(record)
-                if verdict is not None:  # stop before updating: report the parameters checked
+                stop = self._verdict(record)
+                if stop is not None:  # stop before updating: report the parameters checked
                     break
+            # the update itself must not be recorded by autograd
             with torch.no_grad():
                 update(tensors, lr)
+            # gradients accumulate unless zeroed
             if set_to_none:
                 for p in tensors:
                     p.grad = None
@@ -224,23 +180,27 @@ class Trainer:
                     if p.grad is not None:  # None for a parameter the loss doesn't use
                         p.grad.zero_()
             if checkpoint_every and (step + 1) % checkpoint_every == 0:
-                self._save(step + 1, "running", start)
+                self._save(step + 1, Status.RUNNING, start)
         else:
             step = settings.steps
             # Evaluate the final parameters too, so every curve ends at the last point.
             record = self._final_point(step, log=True)
-            verdict = self._verdict(record)
-        if verdict is not None and verdict[0] == "interrupted":
+            stop = self._verdict(record)
+        if stop is not None and stop[0] == Status.INTERRUPTED:
             # Not a log point of the uninterrupted run: measure it without logging it.
             record = self._final_point(step, log=False)
         assert record is not None
         for p in tensors:
             p.grad = None
 
-        status, reason = verdict if verdict is not None else ("finished", None)
+        status, reason = stop if stop is not None else (Status.FINISHED, None)
         wall = self.elapsed_before + time.perf_counter() - start
         if self.checkpoint:
             self._save(step, status, start)
+        distance = None
+        if self.minimizer:
+            batched = {k: v.detach().unsqueeze(0) for k, v in params.items()}  # K = 1
+            distance = float(distance_to_minimizer(batched, self.minimizer)[0])
         result = RunResult(
             status=status,
             steps=step,
@@ -249,7 +209,7 @@ class Trainer:
             params={k: v.detach().cpu().clone() for k, v in params.items()},
             wall_time_s=wall,
             stop_reason=reason,
-            distance_to_minimizer=self._distance_to_minimizer(),
+            distance_to_minimizer=distance,
             minimum=self.minimum,
         )
         for sink in self.sinks:
@@ -258,7 +218,11 @@ class Trainer:
 
     def _final_point(self, step: int, log: bool) -> LogRecord:
         """Loss and gradient of the full batch at the current parameters."""
-        loss = self.full_loss_and_grad(self.params)
+        if self.chunked is not None:
+            loss = self.chunked(self.params)
+        else:
+            loss = self.loss_fn(self.params)
+            loss.backward()
         return self._observe(step, loss, self.schedule(step), log=log)
 
     def _observe(self, step: int, loss: Tensor, lr: float, log: bool = True) -> LogRecord:
@@ -288,36 +252,14 @@ class Trainer:
                 sink.log(record)
         return record
 
-    def _verdict(self, record: LogRecord) -> tuple[str, str] | None:
-        """Apply the stop rules to a logged point; None means go on."""
-        if not math.isfinite(record.loss):
-            return "diverged", f"loss is {record.loss} at step {record.step}"
-        if not math.isfinite(self._param_norm):
-            return "diverged", f"a parameter is not finite at step {record.step}"
-        if self._param_norm > self.settings.divergence_bound:
-            return "diverged", (
-                f"parameter norm {self._param_norm:.3g} exceeds trainer.divergence_bound="
-                f"{self.settings.divergence_bound:g} at step {record.step}"
-            )
-        if not math.isfinite(record.grad_norm):
-            return "diverged", f"gradient norm is {record.grad_norm} at step {record.step}"
-        if record.grad_norm < self.settings.tol:
-            return "converged", (
-                f"gradient norm {record.grad_norm:.3g} < trainer.tol={self.settings.tol:g}"
-            )
-        return None
+    def _verdict(self, record: LogRecord) -> tuple[Status, str] | None:
+        """The stop rules (gdlab.rules) at a logged point; None means go on."""
+        s = self.settings
+        return verdict(
+            record.step, record.loss, record.grad_norm, self._param_norm, s.tol, s.divergence_bound
+        )
 
-    def _distance_to_minimizer(self) -> float | None:
-        if not self.minimizer:
-            return None
-        with torch.no_grad():
-            total = sum(
-                float(((self.params[k] - v.to(self.params[k])) ** 2).sum())
-                for k, v in self.minimizer.items()
-            )
-        return math.sqrt(total)
-
-    def _save(self, step: int, status: str, session_start: float) -> None:
+    def _save(self, step: int, status: Status, session_start: float) -> None:
         assert self.checkpoint is not None
         state = self.state_dict(step, status)
         state["elapsed_s"] = self.elapsed_before + time.perf_counter() - session_start
@@ -327,11 +269,11 @@ class Trainer:
                 flush()
         self.checkpoint(state)
 
-    def state_dict(self, step: int, status: str) -> dict[str, Any]:
+    def state_dict(self, step: int, status: Status) -> dict[str, Any]:
         """What a checkpoint holds: enough to continue exactly where the run stands."""
         return {
             "step": step,
-            "status": status,
+            "status": str(status),
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "momentum_buffers": self.rule.state_dict()["momentum_buffers"],
             "sampler": None if self.sampler is None else self.sampler.state_dict(),

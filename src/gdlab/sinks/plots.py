@@ -8,15 +8,14 @@
 The sink only keeps the logged records while the run goes (they are already small CPU copies);
 matplotlib is imported and everything is drawn at the end, through `matplotlib.figure.Figure`
 and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false` turns the sink off.
-The sweep's learning-rate plot (`draw_lr_plot`) lives here too, so matplotlib stays in one file.
+What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
+sweep's learning-rate plot (`gdlab.sweep.lr_plot`) uses too.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,55 +24,20 @@ import torch
 from torch import Tensor
 
 from gdlab.events import LogRecord, RunInfo, RunResult
+from gdlab.plotting import new_figure, plain_log_ticks, png_bytes
+from gdlab.plotting import png_size as png_size  # re-exported: gdlab.sinks.tensorboard uses it
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from gdlab.sweep import JobRow
-
 log = logging.getLogger("gdlab")
 
 ImageWriter = Callable[[str, bytes, int], None]
-FIGSIZE = (6.0, 4.0)
-DPI = 100
 GRID_1D = 300
 GRID_2D = 80
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def new_figure() -> Figure:
-    """A figure with fixed margins: a layout engine would double the time to draw it."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=FIGSIZE, dpi=DPI)
-    figure.subplots_adjust(left=0.15, right=0.97, bottom=0.12, top=0.92)
-    return figure
-
-
-def png_bytes(figure: Figure) -> bytes:
-    """The figure as PNG; light zlib compression, as the files are small anyway."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
-    return buffer.getvalue()
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
-
-
-def plain_log_ticks(axis: Any) -> None:
-    """Plain numbers as the labels of a log axis that spans less than a decade."""
-    from matplotlib.ticker import FuncFormatter
-
-    formatter = FuncFormatter(lambda value, _: f"{value:.4g}")
-    axis.set_major_formatter(formatter)
-    axis.set_minor_formatter(formatter)
 
 
 def finite_positive(values: Sequence[float]) -> bool:
@@ -327,63 +291,3 @@ class PlotSink:
         if self.info and self.info.dtype in ("float32", "float64"):
             return getattr(torch, self.info.dtype)
         return value.dtype
-
-
-# --------------------------------------------------------------------------- the sweep's lr plot
-
-
-def draw_lr_plot(rows: Sequence[JobRow], path: Path) -> Path:
-    """lr.png of a sweep (see `lr_figure`)."""
-    path = Path(path)
-    path.write_bytes(png_bytes(lr_figure(rows)))
-    return path
-
-
-def lr_figure(rows: Sequence[JobRow], lr_key: str = "optimizer.lr") -> Figure:
-    """Final loss against learning rate, log axes, one line per setting of the other swept
-    keys; diverged jobs marked with a red x (at the top edge when their loss is not finite)."""
-    from gdlab.sweep import varying_keys
-
-    others = [k for k in varying_keys(rows) if k != lr_key]
-    series: dict[str, list[JobRow]] = {}
-    for row in rows:
-        if row.lr is None or row.final_loss is None:
-            continue
-        label = ", ".join(f"{k}={row.values.get(k, '')}" for k in others) or "final loss"
-        series.setdefault(label, []).append(row)
-    finite = [
-        r.final_loss for rs in series.values() for r in rs if math.isfinite(r.final_loss or 0)
-    ]
-    positive = bool(finite) and min(finite) > 0
-    top = max(finite) * (10 if positive else 1) if finite else 1.0
-    figure = new_figure()
-    ax = figure.add_subplot()
-    for label, members in list(series.items())[:20]:
-        ok = sorted((r.lr, r.final_loss) for r in members if r.status in ("finished", "converged"))
-        if ok:
-            ax.plot([p[0] for p in ok], [p[1] for p in ok], "-o", ms=4, lw=1.2, label=label)
-        bad = [r for r in members if r.status not in ("finished", "converged")]
-        if bad:
-            ax.plot(
-                [r.lr for r in bad],
-                [r.final_loss if math.isfinite(r.final_loss or 0) else top for r in bad],
-                "x",
-                color="tab:red",
-                ms=8,
-                mew=2,
-            )
-    if any(r.status not in ("finished", "converged") for rs in series.values() for r in rs):
-        ax.plot([], [], "x", color="tab:red", ms=8, mew=2, label="diverged / not finished")
-    # lr = 2/L on a quadratic (L the largest Hessian eigenvalue): plain descent's stability edge
-    for limit in sorted({r.stability_lr for r in rows if r.stability_lr})[:5]:
-        ax.axvline(limit, color="0.35", ls="--", lw=1, label=f"2/L = {limit:.3g} (stability limit)")
-    ax.set_xscale("log")
-    ax.set_yscale("log" if positive else "symlog")
-    if positive and max(finite) < 10 * min(finite):
-        plain_log_ticks(ax.yaxis)  # within one decade: 5.02, not 5.02×10⁰
-    ax.set_xlabel("learning rate (optimizer.lr)")
-    ax.set_ylabel("final loss")
-    ax.set_title("final loss against learning rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=7)
-    return figure

@@ -1,12 +1,12 @@
 """From a multirun's overrides to population jobs: which keys batch, which fan out.
 
 A sweep is the cartesian product of its swept keys, as with Hydra's basic sweeper. Keys that
-only change a member's hyperparameters (`BATCHABLE`) become the members of one job; every
-other swept key fans out into separate jobs, exactly the jobs a plain multirun would run, and
-`max_members` cuts a large population into several jobs. A job's members are stored as the
-batchable axes plus a slice of their product, so a million members cost a few numbers in the
-plan file, and each member's own override list (the one its plain run would have) can be
-rebuilt for the summary.
+only change a member's hyperparameters (`gdlab.settings.BATCHABLE`) become the members of one
+job; every other swept key fans out into separate jobs, exactly the jobs a plain multirun would
+run, and `max_members` cuts a large population into several jobs. A job's members are stored as
+the batchable axes plus a slice of their product, so a million members cost a few numbers in the
+plan file, and each member's own override list (the one its plain run would have) can be rebuilt
+for the summary.
 
 No torch here: the sweeper imports this module in the process that launches the jobs.
 """
@@ -26,17 +26,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gdlab.errors import GdlabError
+from gdlab.settings import BATCHABLE, BY_KEY
 
-#: config key -> the population member field it sets (gdlab.population.MEMBER_KEYS, inverted)
-BATCHABLE: dict[str, str] = {
-    "optimizer.lr": "lr",
-    "optimizer.momentum": "momentum",
-    "optimizer.dampening": "dampening",
-    "optimizer.nesterov": "nesterov",
-    "optimizer.weight_decay": "weight_decay",
-    "optimizer.clip_norm": "clip_norm",
-    "trainer.seed": "seed",
-}
 #: keys that configure the sweep itself: one value for the whole sweep, never per job
 SWEEP_ITSELF = ("hydra/sweeper", "hydra/launcher", "hydra.sweeper", "hydra.launcher")
 #: keys a population job cannot honour at all
@@ -132,16 +123,6 @@ def read_plan(sweep_dir: Path | str, label: Any) -> JobPlan:
     return JobPlan.from_json(data, axes)
 
 
-#: the schema type of each batchable key, for converting typed sweep values without OmegaConf
-_KINDS: dict[str, type] = {
-    "optimizer.lr": float,
-    "optimizer.momentum": float,
-    "optimizer.dampening": float,
-    "optimizer.nesterov": bool,
-    "optimizer.weight_decay": float,
-    "optimizer.clip_norm": float,  # or null
-    "trainer.seed": int,
-}
 _NODES: dict[str, Any] = {}
 
 
@@ -151,8 +132,9 @@ def coerce(key: str, value: Any) -> Any:
     Numbers and booleans of the right kind are converted directly (a 10,000-value range must
     not build 10,000 config nodes); anything else goes through the schema's own node.
     """
-    kind = _KINDS[key]
-    if value is None and key == "optimizer.clip_norm":
+    setting = BY_KEY[key]
+    kind = setting.kind
+    if value is None and setting.nullable:
         return None
     if isinstance(value, bool):
         if kind is bool:
@@ -183,7 +165,7 @@ def is_sweep_itself(key: str) -> bool:
 
 def check_options(options: dict[str, Any]) -> None:
     """Refuse bad `hydra.sweeper.*` settings before any job runs, naming the key."""
-    from gdlab.population import STRATEGIES
+    from gdlab.population.batching import STRATEGIES
 
     strategy = options.get("strategy", "auto")
     if strategy not in STRATEGIES:

@@ -1,13 +1,13 @@
 """`hydra/sweeper=population`: a multirun whose learning rates, momenta, ... share one job.
 
 The sweep is expanded like Hydra's basic sweeper (the cartesian product of every swept key).
-Combinations that differ only in batchable keys (`_plan.BATCHABLE`: optimizer.lr, momentum,
-dampening, nesterov, weight_decay, clip_norm and trainer.seed) become the members of ONE job
-that trains them all at once (`gdlab.population`); every other swept key fans out into separate
-jobs through the configured launcher (basic, joblib, submitit), and `max_members` cuts a large
-population into several jobs so that a parallel launcher can spread it. Each job's member list
-is written to `<sweep dir>/.population/<n>.json`; the job itself is composed with its
-non-batchable overrides plus `+population=<n>`.
+Combinations that differ only in batchable keys (the settings table's batchable rows:
+optimizer.lr, momentum, dampening, nesterov, weight_decay, clip_norm and trainer.seed) become
+the members of ONE job that trains them all at once (`gdlab.population`); every other swept key
+fans out into separate jobs through the configured launcher (basic, joblib, submitit), and
+`max_members` cuts a large population into several jobs so that a parallel launcher can spread
+it. Each job's member list is written to `<sweep dir>/.population/<n>.json`; the job itself is
+composed with its non-batchable overrides plus `+population=<n>`.
 """
 
 import logging
@@ -73,7 +73,7 @@ class PopulationSweeper(Sweeper):
     ) -> None:
         from hydra.core.plugins import Plugins
 
-        from hydra_plugins.gdlab_population._job import population_task
+        from gdlab.population.job import population_task
 
         self.hydra_context = hydra_context
         self.config = config

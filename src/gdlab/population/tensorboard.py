@@ -26,6 +26,8 @@ from typing import Any
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+from gdlab.rules import rank_key
+from gdlab.settings import MEMBER_KEYS
 from gdlab.sinks.event_file import EventFile
 from gdlab.sinks.hparams import final_metrics, session_end_summary, session_start_summary
 
@@ -67,17 +69,14 @@ def member_session(
 
 def representatives(result: Any) -> dict[str, int]:
     """Best, median and worst member (positions in the result), ranked as the sweep summary
-    ranks jobs: final loss, then distance to the minimiser, then fewer steps; a member that
-    diverged (or whose loss is not finite) counts as the worst."""
+    ranks (`gdlab.rules.rank_key`); a member whose loss is not finite counts as the worst."""
     losses = result.final_loss.tolist()
     distance = result.distance_to_minimizer
-    distances = distance.tolist() if distance is not None else [0.0] * len(losses)
+    distances = distance.tolist() if distance is not None else [None] * len(losses)
 
-    def key(j: int) -> tuple[float, float, float, int]:
-        bad = result.status[j] not in ("finished", "converged") or not math.isfinite(losses[j])
-        if bad:
-            return (math.inf, math.inf, math.inf, j)
-        return (losses[j], distances[j], result.steps[j], j)
+    def key(j: int) -> tuple[Any, ...]:
+        status = result.status[j] if math.isfinite(losses[j]) else "diverged"
+        return rank_key(status, losses[j], None, distances[j], result.steps[j], j)
 
     order = sorted(range(len(losses)), key=key)
     if not order:
@@ -137,7 +136,6 @@ def replay_curve(
     from omegaconf import OmegaConf
 
     from gdlab.experiment import build
-    from gdlab.population import MEMBER_KEYS
     from gdlab.sinks.tensorboard import TensorBoardSink
 
     cfg = copy.deepcopy(job_cfg)

@@ -1,0 +1,368 @@
+"""The population engine: K members trained as one batched program, by the rule book.
+
+Parameters carry a leading member dimension K; `BatchedLoss` gives every member's loss and
+gradient at once, and each step applies the rule book's own functions with per-member
+hyperparameters: the update (`gdlab.optim.sgd`), the schedule (`gdlab.schedules.lr_at`),
+the mini-batch order (`gdlab.batches.BatchSampler`) and, at the plain trainer's log points,
+the stop rules (`gdlab.rules.stop_code`). A stopped member is frozen with its step and status
+and leaves the working set; the job ends when every member has stopped or the step budget is
+spent. Each member's result equals the plain run with the same settings
+(tests/test_population.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
+from gdlab.errors import GdlabError
+from gdlab.events import RunResult
+from gdlab.objectives.base import Objective, Params
+from gdlab.optim import sgd
+from gdlab.population.batching import BatchedLoss, auto_chunk_size, rows_of
+from gdlab.population.members import Members, member_base
+from gdlab.rules import GO_ON, STOP_STATUS, Status, distance_to_minimizer, stop_code, stop_reason
+from gdlab.schedules import ScheduleSpec, lr_at
+from gdlab.trainer import StopRequest, TrainerSettings
+
+
+@dataclass
+class PopulationResult:
+    """How every member ended, as columns (row i is member i); `member(i)` gives a RunResult."""
+
+    status: list[str]
+    steps: list[int]
+    final_loss: Tensor  # float64 [K]
+    grad_norm: Tensor  # float64 [K]
+    params: dict[str, Tensor]  # CPU, [K, ...]
+    stop_reason: list[str | None]
+    distance_to_minimizer: Tensor | None  # float64 [K], None when the minimiser is unknown
+    minimum: float | None
+    wall_time_s: float
+    strategy: str
+    chunk_size: int
+    steps_run: int  # the step loop's last step: where the job as a whole ended
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def member(self, i: int) -> RunResult:
+        """Member i's result in a plain run's shape; wall time is the job's share per member."""
+        distance = self.distance_to_minimizer
+        return RunResult(
+            status=self.status[i],
+            steps=self.steps[i],
+            final_loss=float(self.final_loss[i]),
+            grad_norm=float(self.grad_norm[i]),
+            params={k: v[i].clone() for k, v in self.params.items()},
+            wall_time_s=self.wall_time_s / len(self),
+            stop_reason=self.stop_reason[i],
+            distance_to_minimizer=None if distance is None else float(distance[i]),
+            minimum=self.minimum,
+        )
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.status:
+            out[s] = out.get(s, 0) + 1
+        return out
+
+
+class PopulationTrainer:
+    """Trains every member of `members` on one objective; see the module docstring.
+
+    `shared` holds the other settings' values (e.g. the schedule's), against which each
+    member's values are checked as its plain run would check them.
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        members: Members,
+        settings: TrainerSettings,
+        schedule: ScheduleSpec,
+        device: torch.device,
+        dtype: torch.dtype,
+        strategy: str = "auto",
+        chunk_size: int | None = None,
+        interrupt: StopRequest | None = None,
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
+        if len(members) == 0:
+            raise GdlabError("a population needs at least one member")
+        schedule_values = {
+            "optimizer.schedule.name": schedule.name,
+            "optimizer.schedule.step_size": schedule.step_size,
+            "optimizer.schedule.gamma": schedule.gamma,
+            "optimizer.schedule.min_lr": schedule.min_lr,
+        }
+        members.validate({**schedule_values, **(shared or {})})
+        self.objective = objective
+        self.members = members
+        self.settings = settings
+        self.schedule = schedule
+        self.device = device
+        self.dtype = dtype
+        self.chunk_size = chunk_size or auto_chunk_size(objective, device)
+        self.interrupt = interrupt
+        self.batched = BatchedLoss(objective.loss, strategy, self.chunk_size)
+        self.mini_batch = uses_mini_batches(objective)
+
+    def _initial_params(self) -> tuple[Params, Tensor, list[torch.Generator]]:
+        """Each member's start from its own seeded generator, drawn once per distinct seed."""
+        seeds = sorted(set(self.members.seed))
+        slot_of = {s: i for i, s in enumerate(seeds)}
+        generators, starts = [], []
+        for s in seeds:
+            gen = torch.Generator(device=self.device).manual_seed(int(s))
+            start = self.objective.init_params(gen, self.device, self.dtype)
+            starts.append({k: v.detach().to(self.device, self.dtype) for k, v in start.items()})
+            generators.append(gen)
+        slots = torch.tensor([slot_of[s] for s in self.members.seed], device=self.device)
+        params = {k: rows_of(torch.stack([s[k] for s in starts]), slots) for k in starts[0]}
+        return params, slots, generators
+
+    def run(self) -> PopulationResult:
+        count, settings = len(self.members), self.settings
+        start_time = time.perf_counter()
+        params, slots, generators = self._initial_params()
+        hyper = self.members.hyperparameters(self.device)
+        sampler = None
+        if self.mini_batch:
+            n, batch_size = data_shape(self.objective)
+            sampler = BatchSampler(n, batch_size, generators, self.device)  # type: ignore[arg-type]
+        probes = [None] if sampler is None else [_probe_batch(self, count), None]
+        self.batched.choose(params, probes)
+        # a parameter the loss does not use has no gradient: left alone, as in a plain run
+        used = [k for k in params if k not in self.batched.unused]
+        buffers: list[Tensor | None] = [None] * len(used)
+
+        final = _Final(count, params, self.device)
+        index = torch.arange(count, device=self.device)  # working row -> member
+        active = torch.ones(count, dtype=torch.bool, device=self.device)
+        running = count
+        step = 0
+        for step in range(settings.steps + 1):
+            last = step == settings.steps
+            interrupted = not last and self.interrupt is not None and self.interrupt.requested
+            # Training steps see mini-batches; the final point (and an interrupted run's last
+            # point) is measured on the full batch, as in the plain trainer.
+            full = last or interrupted or sampler is None
+            batch = None if full else sampler.next_per_member(slots)  # type: ignore[union-attr]
+            loss, grads = self.batched(params, batch)
+            if interrupted:
+                reason = f"stopped by a signal after {step} steps"
+                end = (Status.INTERRUPTED, reason)
+                final.check(self, step, loss, grads, params, index, active, end)
+                break
+            if last or step % settings.log_every == 0:
+                end = (Status.FINISHED, None) if last else None
+                running -= final.check(self, step, loss, grads, params, index, active, end)
+                if running == 0:
+                    break
+                if running <= active.shape[0] // 2:
+                    # Stopped members are frozen in `final`; their rows only cost compute from
+                    # here on, so drop them once they are half the working set.
+                    keep = active.nonzero().reshape(-1)
+                    params = {k: rows_of(v, keep) for k, v in params.items()}
+                    grads = {k: rows_of(v, keep) for k, v in grads.items()}
+                    buffers = [None if b is None else rows_of(b, keep) for b in buffers]
+                    hyper = {
+                        k: rows_of(v, keep) if isinstance(v, Tensor) else v
+                        for k, v in hyper.items()
+                    }
+                    slots, index = rows_of(slots, keep), rows_of(index, keep)
+                    active = rows_of(active, keep)
+            if last:
+                break
+            lr = lr_at(self.schedule, hyper["lr"], step, settings.steps)
+            with torch.no_grad():
+                sgd(
+                    [params[k] for k in used],
+                    [grads[k] for k in used],
+                    buffers,
+                    **{**hyper, "lr": lr},
+                    members=True,
+                )
+        wall = time.perf_counter() - start_time
+        return final.result(self, wall, step)
+
+
+def _probe_batch(trainer: PopulationTrainer, count: int) -> Tensor:
+    """Mini-batch indices for the strategy probe, drawn apart from the members' generators."""
+    n, batch_size = data_shape(trainer.objective)
+    assert n is not None and batch_size is not None
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    rows = [torch.randperm(n, generator=gen)[:batch_size]]
+    probe = torch.stack(rows * min(count, 3))
+    return probe.repeat((count + probe.shape[0] - 1) // probe.shape[0], 1)[:count].to(
+        trainer.device
+    )
+
+
+class _Final:
+    """Collects members as they stop: their step, status, loss, gradient norm and parameters."""
+
+    def __init__(self, count: int, params: Params, device: torch.device) -> None:
+        self.status: list[str] = [""] * count
+        self.reason: list[str | None] = [None] * count
+        self.steps = [0] * count
+        self.loss = torch.full((count,), math.nan, dtype=torch.float64, device=device)
+        self.grad_norm = torch.full_like(self.loss, math.nan)
+        self.params = {k: torch.empty_like(v) for k, v in params.items()}
+
+    def check(
+        self,
+        trainer: PopulationTrainer,
+        step: int,
+        loss: Tensor,
+        grads: Params,
+        params: Params,
+        index: Tensor,
+        active: Tensor,
+        end: tuple[Status, str | None] | None,
+    ) -> int:
+        """Apply the stop rules to the active rows at a log point; returns how many stopped.
+
+        `end` is how the rest ends when this is the run's last point: ("finished", None) at
+        the end of the budget, where the stop rules still have the first word, or
+        ("interrupted", reason), which overrides them as in the plain trainer. A stopped
+        member's values are recorded here and its row is marked inactive: it is never checked
+        again, whatever its (no longer used) row holds later.
+        """
+        s = trainer.settings
+        rows = loss.shape[0]
+        with torch.no_grad():
+            grad_norm = torch.linalg.vector_norm(_norms(grads, rows), dim=1)
+            param_norm = _norms(params, rows).amax(dim=1)
+            stats = torch.stack([loss.detach().reshape(rows), grad_norm, param_norm]).double()
+        loss64, grad64, param64 = stats
+        codes = stop_code(loss64, grad64, param64, s.tol, s.divergence_bound)
+        rule = codes != GO_ON
+        interrupted = end is not None and end[0] == Status.INTERRUPTED
+        # Rows the rule stops get the plain trainer's own verdict and message, one by one;
+        # at the end the rest finish (or all are interrupted) without Python per row.
+        stopped = (active if interrupted else active & rule).nonzero().reshape(-1)
+        forced = end if interrupted else None
+        done = self._stopped(s, step, stopped, index, stats, codes, forced)
+        if end is not None and not interrupted:
+            rest = (active & ~rule).nonzero().reshape(-1)
+            done = torch.cat([done, rest])
+            for block in _row_blocks(rest):
+                for member in rows_of(index, block).tolist():
+                    self.status[member], self.steps[member] = Status.FINISHED, step
+        if done.numel() == 0:
+            return 0
+        done_members = rows_of(index, done)
+        self.loss.index_copy_(0, done_members, rows_of(stats[0], done))
+        self.grad_norm.index_copy_(0, done_members, rows_of(stats[1], done))
+        for k, v in params.items():
+            self.params[k].index_copy_(0, done_members, rows_of(v.detach(), done))
+        active.index_fill_(0, done, False)
+        return int(done.numel())
+
+    def _stopped(
+        self,
+        settings: TrainerSettings,
+        step: int,
+        stopped: Tensor,
+        index: Tensor,
+        stats: Tensor,
+        codes: Tensor,
+        forced: tuple[Status, str | None] | None,
+    ) -> Tensor:
+        """Record the verdict of each row in `stopped` (its stop code's, or `forced`: an
+        interrupt overrides the stop rules); returns the rows.
+
+        Rows are read back in blocks, so a million members stopping at once never become a
+        million Python objects at a time.
+        """
+        tol, bound = settings.tol, settings.divergence_bound
+        for block in _row_blocks(stopped):
+            members = rows_of(index, block).tolist()
+            values = stats.index_select(1, block).T.tolist()
+            block_codes = rows_of(codes, block).tolist()
+            for member, (loss_v, grad_v, param_v), code in zip(
+                members, values, block_codes, strict=True
+            ):
+                if forced is not None:
+                    status, reason = forced
+                else:
+                    status = STOP_STATUS[code]
+                    reason = stop_reason(code, step, loss_v, grad_v, param_v, tol, bound)
+                self.status[member], self.reason[member] = status, reason
+                self.steps[member] = step
+        return stopped
+
+    def result(self, trainer: PopulationTrainer, wall: float, step: int) -> PopulationResult:
+        objective = trainer.objective
+        minimizer = getattr(objective, "minimizer", None)
+        distance = None
+        if minimizer:
+            distance = distance_to_minimizer(self.params, minimizer).cpu()
+        return PopulationResult(
+            status=self.status,
+            steps=self.steps,
+            final_loss=self.loss.cpu(),
+            grad_norm=self.grad_norm.cpu(),
+            params={k: v.cpu() for k, v in self.params.items()},
+            stop_reason=self.reason,
+            distance_to_minimizer=distance,
+            minimum=getattr(objective, "minimum", None),
+            wall_time_s=wall,
+            strategy=trainer.batched.strategy,
+            chunk_size=trainer.chunk_size,
+            steps_run=step,
+            rejected=dict(trainer.batched.rejected),
+        )
+
+
+def _row_blocks(rows: Tensor, size: int = 1 << 16) -> list[Tensor]:
+    return [rows[start : start + size] for start in range(0, rows.numel(), size)]
+
+
+def _norms(tensors: Params, rows: int) -> Tensor:
+    """2-norm of each tensor per member: [members, tensors]."""
+    return torch.stack(
+        [torch.linalg.vector_norm(t.detach().reshape(rows, -1), dim=1) for t in tensors.values()],
+        dim=1,
+    )
+
+
+def from_config(
+    cfg: Any,
+    columns: Mapping[str, Sequence[Any]] | None = None,
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+) -> PopulationTrainer:
+    """A population over `cfg`: `columns` (member field -> values) vary, the rest is `cfg`'s.
+
+    The shared part is built by `gdlab.problem.build_problem`, so it is checked and
+    interpreted exactly as for a plain run (objective, data on the device, steps, log points,
+    stop rules).
+    """
+    from gdlab.problem import build_problem
+
+    problem = build_problem(cfg)
+    columns = dict(columns or {})
+    count = len(next(iter(columns.values()))) if columns else 1
+    members = Members.build(count, member_base(problem.values), **columns)
+    return PopulationTrainer(
+        problem.objective,
+        members,
+        problem.loop,
+        problem.schedule,
+        problem.device,
+        problem.dtype,
+        strategy=strategy,
+        chunk_size=chunk_size,
+        shared=problem.values,
+    )

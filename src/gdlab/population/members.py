@@ -1,0 +1,120 @@
+"""A population's members: one column per batchable hyperparameter, row i is member i.
+
+The columns are the settings table's batchable rows (`gdlab.settings.BATCHABLE`), named by
+the key's last part (`lr`, `momentum`, ..., `seed`), held as plain lists so a million members
+stay cheap. Their checks are the table's, so a member is refused exactly when its plain run
+would be, with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from gdlab.errors import GdlabError
+from gdlab.optim import Hyper, SGDSettings
+from gdlab.settings import BATCHABLE, MEMBER_KEYS, coerce, member_problems
+
+
+class Members:
+    """Columns of per-member hyperparameters; `members.lr` is the lr column."""
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        unknown = set(columns) - set(MEMBER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown member fields: {sorted(unknown)}")
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"member columns differ in length: {sorted(lengths)}")
+        self.columns: dict[str, list[Any]] = {k: list(columns[k]) for k in MEMBER_KEYS}
+
+    @classmethod
+    def build(cls, count: int, base: Mapping[str, Any], **columns: Sequence[Any]) -> Members:
+        """`count` members: `columns` give per-member values, `base` the shared rest."""
+        full: dict[str, Sequence[Any]] = {}
+        for name in MEMBER_KEYS:
+            if name in columns:
+                if len(columns[name]) != count:
+                    raise ValueError(f"column {name} has {len(columns[name])} values, not {count}")
+                full[name] = columns[name]
+            else:
+                full[name] = [base[name]] * count
+        unknown = set(columns) - set(MEMBER_KEYS)
+        if unknown:
+            raise ValueError(f"unknown member fields: {sorted(unknown)}")
+        return cls(full)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any]) -> Members:
+        """Members from dicts of field -> value; missing fields come from `base`."""
+        return cls({n: [row.get(n, base[n]) for row in rows] for n in MEMBER_KEYS})
+
+    def __getattr__(self, name: str) -> list[Any]:
+        columns = self.__dict__.get("columns", {})
+        if name in columns:
+            return columns[name]
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {name: column[i] for name, column in self.columns.items()}
+
+    def select(self, rows: Sequence[int]) -> Members:
+        return Members({name: [column[i] for i in rows] for name, column in self.columns.items()})
+
+    def problems(self, shared: Mapping[str, Any] | None = None) -> dict[int, str]:
+        """Member index -> why a plain run with its settings would refuse to start.
+
+        `shared` holds the other keys' values (e.g. the schedule, which bounds lr); a
+        population job leaves those members out (reported as failed) and trains the rest.
+        """
+        return member_problems(self.columns, shared or {}, len(self))
+
+    def validate(self, shared: Mapping[str, Any] | None = None) -> None:
+        """Refuse the first member a plain run would refuse (same message), and convert the
+        columns to the types the update needs (ints to floats)."""
+        problems = self.problems(shared)
+        if problems:
+            raise GdlabError(problems[min(problems)])
+        for name, column in self.columns.items():
+            key = MEMBER_KEYS[name]
+            self.columns[name] = [coerce(key, v) for v in column]
+
+    def sgd_settings(self, i: int) -> SGDSettings:
+        row = self.row(i)
+        return SGDSettings(**{k: v for k, v in row.items() if k in _SGD_FIELDS})
+
+    def hyperparameters(self, device: torch.device) -> dict[str, Hyper]:
+        """The update rule's arguments for every member at once.
+
+        A feature no member uses is passed as its off value (momentum 0, no clipping...), so
+        the update skips it; otherwise a tensor of per-member values (float64 as the config
+        holds them, bool for flags, +inf for a member that does not clip). lr is always a
+        tensor: the schedule scales it every step.
+        """
+        out: dict[str, Hyper] = {}
+        for name, column in self.columns.items():
+            if name not in _SGD_FIELDS:
+                continue
+            if name != "lr" and not any(v for v in column):
+                out[name] = None if name == "clip_norm" else column[0]
+            elif name == "nesterov":
+                out[name] = torch.tensor(column, dtype=torch.bool, device=device)
+            else:
+                values = [math.inf if v is None else v for v in column]
+                out[name] = torch.tensor(values, dtype=torch.float64, device=device)
+        return out
+
+
+_SGD_FIELDS = frozenset(SGDSettings.__dataclass_fields__)
+
+
+def member_base(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The batchable values a plain run with these table `values` would use: every member's
+    default (member column name -> value)."""
+    return {name: values[key] for key, name in BATCHABLE.items()}

@@ -1,0 +1,58 @@
+"""The Hydra callback (configs/config.yaml, hydra.callbacks): the summary when a multirun ends.
+
+Hydra instantiates it for every run, so this module (and what it imports) stays light: no
+torch, no matplotlib, no TensorBoard at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from gdlab.sweep.summary import SweepSummary, print_summary, write_summary
+
+#: the summary of the last multirun that ended in this process (`last_sweep_failed`)
+_last_summary: SweepSummary | None = None
+
+
+def last_sweep_failed() -> bool:
+    """Whether the multirun that just ended in this process had a failed (or lost) job."""
+    return _last_summary is not None and bool(_last_summary.failed)
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback (configs/config.yaml, hydra.callbacks): the summary when a multirun ends,
+    and a torch thread limit when each job starts under a parallel launcher."""
+
+    def __init__(self, top: int = 10) -> None:
+        self.top = top
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from gdlab.threads import limit_torch_threads
+
+        limit_torch_threads(config.hydra)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _last_summary
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        plot = bool(OmegaConf.select(config, "logger.plots", default=True))
+        try:
+            summary = write_summary(sweep_dir, plot=plot)
+        except Exception:  # the jobs' results are on disk; `gdlab-report` can retry
+            _last_summary = None
+            print("gdlab: could not write the sweep summary:", file=sys.stderr)
+            traceback.print_exc()
+            return
+        _last_summary = summary
+        print_summary(summary, top=self.top)
+        if summary.failed:
+            names = ", ".join(r.job for r in summary.failed[:5])
+            more = "" if len(summary.failed) <= 5 else f" and {len(summary.failed) - 5} more"
+            print(f"gdlab: {len(summary.failed)} job(s) failed: {names}{more}", file=sys.stderr)

@@ -1,0 +1,87 @@
+"""A sweep's job directories and the row read back from each: what the other sweep modules share.
+
+A job directory is one with a `.hydra/overrides.yaml` under the sweep directory. `JobRow` is one
+job (or one member of a population job) as the summary and the lr plot see it. Nothing here
+reads a result; `gdlab.sweep.summary` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gdlab.rules import FAILED, RANKED, UNRANKED_ORDER, excess_loss
+
+__all__ = ["FAILED", "RANKED", "UNRANKED_ORDER"]  # the rule book's, re-exported for the sweep
+
+
+@dataclass
+class JobRow:
+    """One job of a sweep, read back from its directory."""
+
+    job: str  # the job directory, relative to the sweep directory
+    num: int | None
+    overrides: list[str]
+    status: str
+    steps: int | None = None
+    final_loss: float | None = None
+    minimum: float | None = None
+    distance_to_minimizer: float | None = None
+    wall_time_s: float | None = None
+    lr: float | None = None
+    error: str | None = None
+    note: str | None = None  # where a value came from when it is not metrics.json
+    rank: int | None = None
+    values: dict[str, str] = field(default_factory=dict)  # override key -> value text
+    stability_lr: float | None = None  # 2/L on a quadratic, where the job knows it
+
+    @property
+    def excess_loss(self) -> float | None:
+        """final loss minus the known minimum (the final loss itself when it is unknown)."""
+        return excess_loss(self.final_loss, self.minimum)
+
+
+def split_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key, value
+
+
+def override_keys(rows: Sequence[JobRow]) -> list[str]:
+    """The override keys of a sweep, those whose value varies across jobs first."""
+    keys: dict[str, set[str]] = {}
+    for row in rows:
+        for key, value in row.values.items():
+            keys.setdefault(key, set()).add(value)
+    varying = sorted(k for k, v in keys.items() if len(v) > 1)
+    fixed = sorted(k for k, v in keys.items() if len(v) <= 1)
+    return varying + fixed
+
+
+def varying_keys(rows: Sequence[JobRow]) -> list[str]:
+    """The override keys whose value differs between jobs (a key some jobs lack counts)."""
+    keys = {k for row in rows for k in row.values}
+    return sorted(k for k in keys if len({row.values.get(k) for row in rows}) > 1)
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory under `sweep_dir`: those with a `.hydra/overrides.yaml`."""
+    return sorted(p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml"))
+
+
+def load_yaml(path: Path) -> Any:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as handle:
+        return yaml.load(handle, Loader=loader)
+
+
+def job_num(job_dir: Path) -> int | None:
+    """The job's number in its sweep (`hydra.job.num` in `.hydra/hydra.yaml`), if readable."""
+    try:
+        hydra_yaml = load_yaml(Path(job_dir) / ".hydra" / "hydra.yaml")
+        return int(hydra_yaml["hydra"]["job"]["num"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return None

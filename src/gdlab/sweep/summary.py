@@ -1,0 +1,349 @@
+"""The sweep summary: every job read back from disk, ranked, written as summary.csv and .md.
+
+A multirun (`gdlab -m ...`) writes one complete run directory per job under the sweep
+directory. `write_summary` reads every job's `.hydra/` and `metrics.json` back from disk and
+writes `summary.csv` and `summary.md` beside them, best job first (and lr.png when the
+learning rate varies). Reading from disk (not from Hydra's in-memory job returns) is what lets
+`gdlab-report DIR` rebuild the same table later, for any sweep, also one whose jobs were
+interrupted, and makes it work the same for the basic, joblib and submitit launchers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gdlab.results import read_metrics, read_population
+from gdlab.rules import rank_key
+from gdlab.sweep.jobs import (
+    FAILED,
+    RANKED,
+    JobRow,
+    find_job_dirs,
+    job_num,
+    load_yaml,
+    override_keys,
+    split_override,
+    varying_keys,
+)
+from gdlab.sweep.lr_plot import LR_PLOT, draw_lr_plot, lr_varies
+from gdlab.sweep.naming import tidy_numbers
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+
+
+# --------------------------------------------------------------------------- reading jobs back
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
+    """Read one job back: its overrides and config from `.hydra/`, its result from metrics.json.
+
+    A job without metrics.json was interrupted (or is still running); its steps and loss then
+    come from the last point in its event files, when it logged any.
+    """
+    job_dir, sweep_dir = Path(job_dir), Path(sweep_dir)
+    name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
+    try:
+        overrides = [str(o) for o in load_yaml(job_dir / ".hydra" / "overrides.yaml") or []]
+    except (OSError, yaml.YAMLError):
+        overrides = []
+    row = JobRow(job=name, num=job_num(job_dir), overrides=overrides, status="interrupted")
+    row.values = dict(split_override(o) for o in overrides)
+    try:
+        config = load_yaml(job_dir / ".hydra" / "config.yaml") or {}
+        row.lr = _number((config.get("optimizer") or {}).get("lr"))
+    except (OSError, AttributeError, yaml.YAMLError):
+        pass
+    metrics = read_metrics(job_dir)  # None: no metrics.json; unreadable: a failed record
+    if metrics is not None:
+        row.status = str(metrics.get("status") or "failed")
+        row.steps = metrics.get("steps")
+        row.final_loss = _number(metrics.get("final_loss"))
+        row.minimum = _number(metrics.get("minimum"))
+        row.distance_to_minimizer = _number(metrics.get("distance_to_minimizer"))
+        row.wall_time_s = _number(metrics.get("wall_time_s"))
+        row.error = metrics.get("error") or (
+            metrics.get("stop_reason") if row.status not in RANKED else None
+        )
+        if row.status == "diverged" and row.final_loss is None:
+            row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
+    if row.status not in RANKED and row.steps is None:
+        last = last_logged_point(job_dir)
+        if last is not None:
+            row.steps, row.final_loss = last
+            row.note = "last logged point"
+    return row
+
+
+def last_logged_point(job_dir: Path) -> tuple[int, float] | None:
+    """The step and loss of the last `train/loss` point in a job's event files, if any."""
+    files = sorted(Path(job_dir).glob("events.out.tfevents.*"))
+    if not files:
+        return None
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    last: tuple[int, float] | None = None
+    for path in files:
+        try:
+            for event in LegacyEventFileLoader(str(path)).Load():  # raw: simple_value kept
+                for value in event.summary.value:
+                    if value.tag == "train/loss" and (last is None or event.step >= last[0]):
+                        last = (int(event.step), float(value.simple_value))
+        except Exception:  # a truncated file from a killed job: keep what was read
+            continue
+    return last
+
+
+def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
+    """A population job's members (hydra/sweeper=population), one row each, as its own plain
+    job would appear; None when `job_dir` has no readable population.json (a plain job, or a
+    population job that never got to write it: `load_job` then reports it)."""
+    job_dir, sweep_dir = Path(job_dir), Path(sweep_dir)
+    data = read_population(job_dir)
+    if data is None:
+        return None
+    columns = [data[k] for k in ("overrides", "status", "steps", "final_loss", "lr")]
+    columns += [data[k] for k in ("distance_to_minimizer", "error", "stop_reason")]
+    name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
+    num, per_member = job_num(job_dir), _number(data.get("wall_time_per_member_s"))
+    minimum, stability = _number(data.get("minimum")), _number(data.get("stability_lr"))
+    rows = []
+    for i, (overrides, status, steps, loss, lr, distance, error, reason) in enumerate(
+        zip(*columns, strict=True)
+    ):
+        row = JobRow(f"{name}#{i}", num, [str(o) for o in overrides], str(status or "failed"))
+        row.values = dict(split_override(o) for o in row.overrides)
+        row.steps, row.final_loss, row.lr = steps, _number(loss), _number(lr)
+        row.minimum, row.distance_to_minimizer = minimum, _number(distance)
+        row.wall_time_s, row.stability_lr = per_member, stability
+        row.error = error or (reason if row.status not in RANKED else None)
+        if row.status == "diverged" and row.final_loss is None:
+            row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
+        rows.append(row)
+    return rows
+
+
+def collect_jobs(sweep_dir: Path) -> list[JobRow]:
+    """Every job of a sweep, read back and ranked; a population job gives a row per member."""
+    sweep_dir = Path(sweep_dir)
+    rows: list[JobRow] = []
+    for job_dir in find_job_dirs(sweep_dir):
+        members = load_population(job_dir, sweep_dir)
+        rows.extend(members if members is not None else [load_job(job_dir, sweep_dir)])
+    return rank_jobs(rows)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank_jobs(rows: Sequence[JobRow]) -> list[JobRow]:
+    """Best first, by the rule book's ranking (`gdlab.rules.rank_key`): finished and converged
+    jobs by excess loss, then distance, then fewer steps; then diverged, interrupted and
+    failed jobs, unranked, in job order."""
+
+    def key(item: tuple[int, JobRow]) -> tuple[Any, ...]:
+        i, row = item
+        order = (row.num if row.num is not None else 1 << 30, i)
+        return rank_key(
+            row.status, row.final_loss, row.minimum, row.distance_to_minimizer, row.steps, order
+        )
+
+    ordered = [row for _, row in sorted(enumerate(rows), key=key)]
+    position = 0
+    for row in ordered:
+        if row.status in RANKED:
+            position += 1
+            row.rank = position
+        else:
+            row.rank = None
+    return ordered
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(value: float | int | None, spec: str = ".6g") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return repr(value) if spec == "r" else format(value, spec)  # "r": every digit, for CSV
+
+
+CSV_COLUMNS = (
+    "rank",
+    "job",
+    "overrides",
+    "status",
+    "steps",
+    "final_loss",
+    "excess_loss",
+    "distance_to_minimizer",
+    "wall_time_s",
+    "lr",
+    "error",
+)
+
+
+def summary_csv(rows: Sequence[JobRow]) -> str:
+    """summary.csv: one row per job, best first; one extra column per override key."""
+    keys = override_keys(rows)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:]])
+    for row in rows:
+        writer.writerow(
+            [
+                row.rank or "",
+                row.job,
+                " ".join(row.overrides),
+                *(row.values.get(k, "") for k in keys),
+                row.status,
+                "" if row.steps is None else row.steps,
+                _fmt(row.final_loss, "r"),
+                _fmt(row.excess_loss, "r"),
+                _fmt(row.distance_to_minimizer, "r"),
+                _fmt(row.wall_time_s, ".4f"),
+                _fmt(row.lr, "r"),
+                "; ".join(x for x in (row.error, row.note) if x),
+            ]
+        )
+    return out.getvalue()
+
+
+def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
+    """The summary as a Markdown table (the first `limit` rows), for summary.md and the console."""
+    keys = varying_keys(rows) or override_keys(rows)
+    show_excess = any(r.minimum is not None for r in rows)
+    header = ["rank", *keys, "status", "steps", "final loss"]
+    header += ["excess loss"] if show_excess else []
+    header += ["distance to min", "wall time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    shown = rows if limit is None else rows[:limit]
+    for row in shown:
+        status = row.status + (" *" if row.note else "")
+        cells = [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
+        cells.append(status)
+        cells += [_fmt(row.steps, "d"), _fmt(row.final_loss)]
+        cells += [_fmt(row.excess_loss, ".3g")] if show_excess else []
+        cells += [_fmt(row.distance_to_minimizer, ".3g"), _fmt(row.wall_time_s, ".3f")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if limit is not None and len(rows) > limit:
+        lines.append(f"| … {len(rows) - limit} more in summary.md |" + " |" * (len(header) - 1))
+    return "\n".join(lines)
+
+
+def counts(rows: Sequence[JobRow]) -> dict[str, int]:
+    tally: dict[str, int] = {}
+    for row in rows:
+        tally[row.status] = tally.get(row.status, 0) + 1
+    return tally
+
+
+def headline(rows: Sequence[JobRow]) -> str:
+    """`N runs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (loss 5)`.
+
+    A row is a job of a plain multirun or a member of a population job: "runs" covers both.
+    """
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
+    text = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {tally or 'none'}"
+    best = rows[0] if rows and rows[0].rank == 1 else None
+    if best is not None:
+        keys = varying_keys(rows)  # what sets the best job apart; all its overrides if none
+        setting = " ".join(
+            f"{k}={tidy_numbers(best.values[k])}" for k in keys if k in best.values
+        ) or " ".join(best.overrides)
+        text += f"; best: {setting or best.job} (loss {_fmt(best.final_loss)})"
+    else:
+        text += "; no job finished, none ranked"
+    return text
+
+
+def summary_markdown(sweep_dir: Path, rows: Sequence[JobRow]) -> str:
+    lines = [
+        f"# Sweep {Path(sweep_dir).name}",
+        "",
+        headline(rows),
+        "",
+        "Ranked by excess loss (final loss minus the known minimum, or the final loss where the "
+        "minimum is unknown), then distance to the minimiser, then fewer steps. Diverged, "
+        "interrupted and failed jobs are listed after, never ranked. "
+        "`*`: steps and loss of the last logged point (the job did not finish).",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    failures = [r for r in rows if r.error and r.status not in RANKED]
+    if failures:
+        lines += ["## Why jobs did not finish", ""]
+        lines += [f"- `{r.job}` ({r.status}): {r.error}" for r in failures]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the files
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class SweepSummary:
+    """What `write_summary` produced: the rows and the files."""
+
+    sweep_dir: Path
+    rows: list[JobRow]
+    csv_path: Path
+    md_path: Path
+    plot_path: Path | None = None
+
+    @property
+    def failed(self) -> list[JobRow]:
+        return [r for r in self.rows if r.status in FAILED]
+
+
+def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
+    """Read every job of the sweep back and write summary.csv, summary.md (and lr.png)."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_jobs(sweep_dir)
+    csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
+    _write_text_atomic(csv_path, summary_csv(rows))
+    _write_text_atomic(md_path, summary_markdown(sweep_dir, rows))
+    summary = SweepSummary(sweep_dir, rows, csv_path, md_path)
+    if plot and lr_varies(rows):  # matplotlib is imported only here, to draw it
+        summary.plot_path = draw_lr_plot(rows, sweep_dir / LR_PLOT)
+    return summary
+
+
+def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> None:
+    """The top of the table and where the rest is, on the console."""
+    stream = stream or sys.stdout
+    print(f"gdlab: sweep {summary.sweep_dir}: {headline(summary.rows)}", file=stream)
+    if summary.rows and top > 0:
+        print(markdown_table(summary.rows, limit=top), file=stream)
+    written = [summary.csv_path, summary.md_path, summary.plot_path]
+    print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
+    stream.flush()
