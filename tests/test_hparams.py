@@ -61,7 +61,7 @@ def test_a_run_is_one_session_with_its_hparams_and_final_metrics(tmp_path: Path)
         "optimizer.momentum": 0.0,
         "trainer.steps": 50.0,
         "device": "cpu",
-        "dtype": "float32",
+        "device.dtype": "float32",
     }
     assert session_status(content) == "STATUS_SUCCESS"
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

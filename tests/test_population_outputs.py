@@ -25,7 +25,7 @@ from gdlab.population.tensorboard import (
 )
 from gdlab.report import report
 from gdlab.results import POPULATION_JSON
-from gdlab.rules import stability_lr
+from gdlab.rules import curvature, lr_limit
 from gdlab.sweep import collect_jobs, write_summary
 from hydra_plugins.gdlab_population._plan import plan_sweep
 from tests.conftest import compose_config, run_cli
@@ -93,7 +93,9 @@ def test_population_job_writes_a_row_per_member(tmp_path: Path) -> None:
         "optimizer.momentum=0.5",
     ]
     assert doc["lr"][:3] == [0.01, 0.01, 0.1]
-    assert doc["stability_lr"] == pytest.approx(0.957, abs=1e-3)  # 2/L of the tutorial's data
+    assert 2 / doc["curvature"] == pytest.approx(0.957, abs=1e-3)  # 2/L of the tutorial's data
+    # heavy ball 0.5: 2(1 + 0.5)/L
+    assert doc["lr_limit"][:2] == pytest.approx([0.957, 1.5 * 0.957], abs=2e-3)
     assert set(doc["status"]) >= {"diverged", "converged"}
 
     rows = collect_jobs(tmp_path)
@@ -103,10 +105,12 @@ def test_population_job_writes_a_row_per_member(tmp_path: Path) -> None:
     assert {r.job for r in rows} == {f"job#{i}" for i in range(10)}
     best = min(
         (i for i, s in enumerate(doc["status"]) if s in ("finished", "converged")),
-        key=lambda i: doc["final_loss"][i],
+        key=lambda i: doc["score"][i],
     )
     assert rows[0].values == dict(o.split("=") for o in doc["overrides"][best])
-    assert all(r.stability_lr == doc["stability_lr"] for r in rows)
+    assert [r.lr_limit for r in sorted(rows, key=lambda r: r.job)] == [
+        doc["lr_limit"][int(r.job.split("#")[1])] for r in sorted(rows, key=lambda r: r.job)
+    ]
 
     summary = write_summary(tmp_path, plot=True)
     with open(summary.csv_path) as handle:
@@ -162,9 +166,9 @@ def test_stability_limit_is_two_over_the_largest_curvature() -> None:
     from gdlab.objectives.multivariate import QuadraticForm
     from gdlab.objectives.quadratic import Quadratic
 
-    assert stability_lr(Quadratic(a=2.0), False) == 0.5
-    assert stability_lr(QuadraticForm(), False) == pytest.approx(2 / (5 + math.sqrt(2)))
-    assert stability_lr(QuadraticForm(A=[[2.0, 3.0], [3.0, 2.0]]), False) is None  # saddle
+    assert lr_limit(curvature(Quadratic(a=2.0), False)) == 0.5
+    assert lr_limit(curvature(QuadraticForm(), False)) == pytest.approx(2 / (5 + math.sqrt(2)))
+    assert curvature(QuadraticForm(A=[[2.0, 3.0], [3.0, 2.0]]), False) is None  # saddle
 
 
 @pytest.mark.slow

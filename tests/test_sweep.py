@@ -102,12 +102,12 @@ def test_override_hparams_reads_composed_values() -> None:
     assert hparams == {"optimizer.lr": 0.1, "objective": "multivariate", "objective.x0": "[1, 2]"}
 
 
-def test_objective_value_is_infinite_unless_the_run_finished() -> None:
-    def result(status: str, loss: float) -> RunResult:
-        return RunResult(status, 3, loss, 0.0, {}, 0.1)
+def test_objective_value_is_the_score_and_infinite_unless_the_run_finished() -> None:
+    def result(status: str, score: float) -> RunResult:
+        return RunResult(status, 3, 5.0, 0.0, {}, 0.1, score=score)
 
-    assert objective_value(result("converged", 5.0)) == 5.0
-    assert objective_value(result("diverged", 1.0)) == math.inf
+    assert objective_value(result("converged", 0.25)) == 0.25
+    assert objective_value(result("diverged", 0.25)) == math.inf
     assert objective_value(result("finished", math.nan)) == math.inf
 
 
@@ -148,7 +148,8 @@ def test_summary_files_hold_one_row_per_job(small_sweep: Path) -> None:
     assert table[-1]["status"] == "failed" and table[-1]["rank"] == ""
     md = summary.md_path.read_text()
     assert md.count("\n| ") == 6  # header + five jobs
-    assert "best: optimizer.lr=0.5" in md
+    assert "best of quadratic: optimizer.lr=0.5" in md  # three problems, each ranked alone
+    assert "best of multivariate: none ranked" in md
     assert "objective.a=0" in md and "Why jobs did not finish" in md
     assert summary.plot_path is None and not (small_sweep / "lr.png").exists()
 
@@ -158,7 +159,8 @@ def test_callback_writes_the_summary_and_reports_failures(small_sweep: Path, cap
     config.logger.plots = True
     SweepSummaryCallback(top=2).on_multirun_end(config)
     out, err = capsys.readouterr()
-    assert "5 runs: 1 converged, 1 diverged, 1 failed, 2 finished; best: optimizer.lr=0.5" in out
+    assert "5 runs: 1 converged, 1 diverged, 1 failed, 2 finished; best of quadratic: " in out
+    assert "best of quadratic: optimizer.lr=0.5 (excess loss 0)" in out
     assert out.count("\n| ") == 4  # header, two rows, and the "more" line
     assert "1 job(s) failed" in err
     assert last_sweep_failed()
@@ -206,7 +208,8 @@ def test_multirun_layout_summary_and_console(tmp_path: Path) -> None:
         "0.5",
         "converged",
     )
-    assert "best: objective=quadratic optimizer.lr=0.5" in proc.stdout
+    assert "best of quadratic: optimizer.lr=0.5" in proc.stdout  # ranked per problem
+    assert "best of multivariate: " in proc.stdout
     assert f"gdlab: sweep {Path('outputs/multirun')}" in proc.stdout
     assert "| rank | objective | optimizer.lr | status" in proc.stdout
     assert (sweep_dir / "summary.md").exists() and (sweep_dir / "lr.png").exists()
@@ -248,7 +251,7 @@ def test_diverged_jobs_leave_the_exit_code_zero(tmp_path: Path) -> None:
         "experiment=saddle", "optimizer.lr=0.1,0.2", "logger.plots=false", cwd=tmp_path
     )
     assert [r.status for r in collect_jobs(sweep_dir)] == ["diverged", "diverged"]
-    assert "no job finished, none ranked" in proc.stdout
+    assert "none ranked" in proc.stdout
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ class RunInfo:
     log_every: int
     config_yaml: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
+    problem: dict[str, Any] = field(default_factory=dict)  # the objective's name and fields
     resumed: bool = False  # the run continues from a checkpoint ...
     start_step: int = 0  # ... taken after this many steps
 
@@ -56,6 +57,14 @@ class RunResult:
     stop_reason: str | None = None
     distance_to_minimizer: float | None = None
     minimum: float | None = None
+    #: f(theta) - f* at the final parameters, evaluated in float64 (None where f* is unknown)
+    excess_loss: float | None = None
+    #: the number the run is ranked by, lower is better (gdlab.rules.score)
+    score: float = float("inf")
+    #: the largest stable lr for the run's update rule (None where unknown)
+    lr_limit: float | None = None
+    initial_loss: float | None = None  # the full objective at the start
+    lr: float | None = None  # the base learning rate (the schedule's value at step 0)
 
     @property
     def steps_per_s(self) -> float:

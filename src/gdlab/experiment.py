@@ -24,6 +24,7 @@ from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import SGDSettings, UpdateRule
 from gdlab.problem import Problem, build_problem
+from gdlab.rules import lr_limit
 from gdlab.schedules import make_schedule
 from gdlab.settings import HPARAM_KEYS, settings_of
 from gdlab.sinks.console import ConsoleSink
@@ -87,17 +88,29 @@ def main_hparams(problem: Problem, values: dict[str, Any] | None = None) -> dict
     return {
         "objective": problem.name,
         **{key: values[key] for key in HPARAM_KEYS},
-        "device": problem.device.type,
-        "dtype": problem.dtype_name,
+        "device": problem.device.type,  # the device used, also under device=auto
+        "device.dtype": problem.dtype_name,
     }
+
+
+def run_lr_limit(problem: Problem, values: dict[str, Any]) -> float | None:
+    """The largest stable lr for this run's update rule, where the curvature is known."""
+    return lr_limit(problem.curvature(), **optimizer_arguments(values, LIMIT_ARGUMENTS))
+
+
+#: the optimizer settings the stability limit depends on
+LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
+
+
+def optimizer_arguments(values: dict[str, Any], names: Any) -> dict[str, Any]:
+    """The optimizer rows of the settings table named in `names`, by name."""
+    return {s.name: values[s.key] for s in settings_of("optimizer") if s.name in names}
 
 
 def update_rule(values: dict[str, Any]) -> UpdateRule:
     """The update rule with a plain run's hyperparameters (the optimizer rows of the table)."""
     names = {f.name for f in dataclasses.fields(SGDSettings)}
-    return UpdateRule(
-        SGDSettings(**{s.name: values[s.key] for s in settings_of("optimizer") if s.name in names})
-    )
+    return UpdateRule(SGDSettings(**optimizer_arguments(values, names)))
 
 
 def build(
@@ -127,6 +140,7 @@ def build(
         steps=problem.loop.steps,
         log_every=problem.loop.log_every,
         config_yaml=OmegaConf.to_yaml(cfg),
+        problem=problem.record(),
         # HParams: what the command line set (the swept keys), then the main ones
         hparams={**override_hparams(cfg, overrides), **main_hparams(problem)},
     )
@@ -153,6 +167,8 @@ def build(
         interrupt=interrupt,
         chunks=gradient_chunks(objective, chunk_rows) if sampler is None else None,
         n_samples=data_shape(objective)[0],
+        loss64=problem.float64_loss(),
+        lr_limit=run_lr_limit(problem, values),
     )
     return Experiment(problem, params, trainer, info, problem.device_note, sinks)
 

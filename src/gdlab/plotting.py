@@ -1,4 +1,4 @@
-"""What every gdlab figure shares: size, margins, PNG output, tick labels.
+"""What every gdlab figure shares: size, margins, panels, titles, PNG output, tick labels.
 
 Used by the run plots (`gdlab.sinks.plots`) and the sweep's lr plot (`gdlab.sweep.lr_plot`),
 which import this module and never each other. It imports no matplotlib at import time: each
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
+#: the largest number of panels `new_panels` lays out (2 x 2)
+MAX_PANELS = 4
 
 
 def new_figure() -> Figure:
@@ -26,6 +28,36 @@ def new_figure() -> Figure:
     figure = Figure(figsize=FIGSIZE, dpi=DPI)
     figure.subplots_adjust(left=0.15, right=0.97, bottom=0.12, top=0.92)
     return figure
+
+
+def new_panels(count: int) -> tuple[Figure, list[Any]]:
+    """A figure of `count` axes (1 to MAX_PANELS): one as `new_figure`, two side by side,
+    three or four in a 2 x 2 grid; each panel about the size of a one-axes figure."""
+    from matplotlib.figure import Figure
+
+    count = max(1, min(count, MAX_PANELS))
+    if count == 1:
+        figure = new_figure()
+        return figure, [figure.add_subplot()]
+    rows, cols = (1, 2) if count == 2 else (2, 2)
+    width, height = FIGSIZE[0] * 1.8, FIGSIZE[1] * (1.0 if rows == 1 else 1.85)
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    top, bottom = (0.9, 0.13) if rows == 1 else (0.94, 0.07)
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=bottom, top=top, wspace=0.22, hspace=0.32)
+    axes = [figure.add_subplot(rows, cols, i + 1) for i in range(count)]
+    return figure, axes
+
+
+def axes_box_ratio(ax: Any) -> float:
+    """Height over width of the axes' box on the figure (what an equal aspect must match)."""
+    width, height = ax.get_figure().get_size_inches()
+    box = ax.get_position()
+    return (box.height * height) / (box.width * width)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters with an ellipsis (for titles)."""
+    return text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -45,8 +77,20 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def plain_log_ticks(axis: Any) -> None:
     """Plain numbers as the labels of a log axis that spans less than a decade."""
+    plain_ticks(axis)
+
+
+def plain_ticks(axis: Any) -> None:
+    """Tick labels as short numbers (`5.02`, `-5e+15`): no `×10ⁿ` multiplier or offset above
+    the axis, which would collide with the title."""
     from matplotlib.ticker import FuncFormatter
 
     formatter = FuncFormatter(lambda value, _: f"{value:.4g}")
     axis.set_major_formatter(formatter)
     axis.set_minor_formatter(formatter)
+
+
+def set_title(ax: Any, text: str, width: int = 50) -> None:
+    """The axes' title, in a smaller font when it is longer than `width` characters."""
+    size = 12.0 if len(text) <= width else max(8.0, 12.0 * width / len(text))
+    ax.set_title(text, fontsize=size)

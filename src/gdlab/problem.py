@@ -9,16 +9,20 @@ loss), so both engines refuse the same mistakes with the same one line.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from gdlab.batches import data_shape, uses_mini_batches
 from gdlab.config import reject_unknown_keys
 from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
+from gdlab.rules import curvature
 from gdlab.schedules import ScheduleSpec
 from gdlab.settings import check_values, plain_value, read_values
 from gdlab.trainer import TrainerSettings, default_log_every
@@ -36,6 +40,25 @@ class Problem:
     values: dict[str, Any]  # every key of the settings table, checked
     loop: TrainerSettings
     schedule: ScheduleSpec
+    #: the objective's config fields: with `name`, what makes two runs the same problem
+    fields: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """The problem as results record it: runs are ranked only against the same problem."""
+        return {"name": self.name, "fields": self.fields}
+
+    @property
+    def mini_batch(self) -> bool:
+        return uses_mini_batches(self.objective)
+
+    def curvature(self) -> float | None:
+        """L, the largest Hessian eigenvalue, where it is constant (gdlab.rules.curvature)."""
+        return curvature(self.objective, self.mini_batch)
+
+    def float64_loss(self) -> Callable[[Params], float]:
+        """The objective's loss evaluated in float64 (its data converted, not redrawn): the
+        precision the excess loss f - f* is measured in, whatever the run's dtype."""
+        return float64_loss(self.objective)
 
     @property
     def dtype_name(self) -> str:
@@ -55,6 +78,54 @@ class Problem:
         start = objectives.checked_init_params(self.objective, generator, self.device, self.dtype)
         params = {k: v.detach().to(device=self.device, dtype=self.dtype) for k, v in start.items()}
         return params, generator
+
+
+#: rows per float64 evaluation of an objective with data (bounds the float64 copy)
+FLOAT64_ROWS = 1 << 16
+
+
+def float64_twin(objective: Any, rows: slice | None = None) -> Any:
+    """A shallow copy of `objective` whose floating tensors (its data) are float64; with
+    `rows`, its per-sample tensors (first dimension n_samples) cut to those rows."""
+    n, _ = data_shape(objective)
+    twin = copy.copy(objective)
+    for name, value in vars(objective).items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if rows is not None and value.dim() > 0 and value.shape[0] == n:
+                value = value[rows]
+            setattr(twin, name, value.double())
+    return twin
+
+
+def float64_loss(objective: Any) -> Callable[[Params], float]:
+    """params -> the objective's full loss in float64 (its data converted, not redrawn).
+
+    An objective with data is evaluated in row chunks (its loss is a mean over samples), so
+    no float64 copy of the whole data set is made. A loss that can't run in float64 (a
+    plugin's) falls back to its own dtype.
+    """
+    n, _ = data_shape(objective)
+    chunks = (
+        [None]
+        if n is None
+        else [slice(start, min(n, start + FLOAT64_ROWS)) for start in range(0, n, FLOAT64_ROWS)]
+    )
+    whole = float64_twin(objective) if n is None else None
+
+    def loss64(params: Params) -> float:
+        params64 = {k: v.detach().double() for k, v in params.items()}
+        try:
+            if whole is not None:
+                return float(whole.loss(params64))
+            total = 0.0
+            for rows in chunks:
+                share = (rows.stop - rows.start) / n  # type: ignore[union-attr,operator]
+                total += float(float64_twin(objective, rows).loss(params64)) * share
+            return total
+        except Exception:  # a plugin's loss that insists on its own dtype
+            return float(objective.loss(params))
+
+    return loss64
 
 
 def loop_settings(values: dict[str, Any]) -> TrainerSettings:
@@ -79,13 +150,29 @@ def build_problem(cfg: DictConfig) -> Problem:
     check_values(values)
     objective = objectives.build_objective(cfg.objective)
     objectives.setup_objective(objective, device, dtype)  # setup() is optional
+    fields = OmegaConf.to_container(cfg.objective, resolve=True)
+    assert isinstance(fields, dict)
+    fields.pop("_target_", None)
     return Problem(
         objective=objective,
-        name=objectives.registered_name(objective),
+        name=objective_choice(cfg) or objectives.registered_name(objective),
         device=device,
         device_note=device_note,
         dtype=dtype,
         values=values,
         loop=loop_settings(values),
         schedule=ScheduleSpec.from_config(cfg.optimizer.schedule),
+        fields={str(k): v for k, v in fields.items()},
     )
+
+
+def objective_choice(cfg: DictConfig) -> str | None:
+    """The objective option the command line chose (`saddle`, a preset of `multivariate`),
+    when Hydra composed this run; None otherwise (or for a resumed run, whose command chose
+    nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or cfg.trainer.get("resume") is not None:
+        return None
+    choice = HydraConfig.get().runtime.choices.get("objective")
+    return None if choice is None else str(choice)

@@ -65,10 +65,16 @@ def metrics_document(info: RunInfo, result: RunResult) -> dict[str, Any]:
         "grad_norm": json_number(result.grad_norm),
         "distance_to_minimizer": json_number(result.distance_to_minimizer),
         "minimum": json_number(result.minimum),
+        "excess_loss": json_number(result.excess_loss),
+        "initial_loss": json_number(result.initial_loss),
+        "lr": result.lr,
+        "lr_limit": json_number(result.lr_limit),
+        "score": json_number(result.score),  # null: +inf, never ranked
         "stop_reason": result.stop_reason,
         "wall_time_s": result.wall_time_s,
         "steps_per_s": json_number(result.steps_per_s),
         "objective": info.objective,
+        "problem": info.problem,
         "device": info.device,
         "dtype": info.dtype,
     }
@@ -91,10 +97,16 @@ def failure_document(error: BaseException) -> dict[str, Any]:
         "grad_norm": None,
         "distance_to_minimizer": None,
         "minimum": None,
+        "excess_loss": None,
+        "initial_loss": None,
+        "lr": None,
+        "lr_limit": None,
+        "score": None,
         "stop_reason": None,
         "wall_time_s": None,
         "steps_per_s": None,
         "objective": None,
+        "problem": None,
         "device": None,
         "dtype": None,
     }
@@ -131,6 +143,10 @@ def population_document(
     final_loss: list[float | None] = [None] * count
     grad_norm: list[float | None] = [None] * count
     distance: list[float | None] = [None] * count
+    excess: list[float | None] = [None] * count
+    score: list[float | None] = [None] * count
+    limit: list[float | None] = [None] * count
+    initial: list[float | None] = [None] * count
     stop_reason: list[str | None] = [None] * count
     error: list[str | None] = [problems.get(i) for i in range(count)]
     params: dict[str, list[Any]] = {}
@@ -142,6 +158,7 @@ def population_document(
         norms = result.grad_norm.tolist()
         dist = result.distance_to_minimizer
         dist_list = None if dist is None else dist.tolist()
+        starts = None if result.initial_loss is None else result.initial_loss.tolist()
         small = {
             k: v.double().reshape(v.shape[0], -1)
             for k, v in result.params.items()
@@ -160,12 +177,16 @@ def population_document(
             final_loss[i] = json_number(losses[j])
             grad_norm[i] = json_number(norms[j])
             distance[i] = None if dist_list is None else json_number(dist_list[j])
+            excess[i] = json_number(result.excess_loss[j])
+            score[i] = json_number(result.score[j])  # null: +inf, never ranked
+            limit[i] = json_number(result.lr_limit[j])
+            initial[i] = None if starts is None else json_number(starts[j])
             stop_reason[i] = result.stop_reason[j]
     return {
         "kind": "gdlab.population",
         "version": 1,
         "members": count,
-        **(info or {"objective": None, "device": None, "dtype": None}),
+        **(info or {"objective": None, "problem": None, "device": None, "dtype": None}),
         "strategy": None if result is None else result.strategy,
         "chunk_size": None if result is None else result.chunk_size,
         "wall_time_s": wall,
@@ -180,6 +201,10 @@ def population_document(
         "final_loss": final_loss,
         "grad_norm": grad_norm,
         "distance_to_minimizer": distance,
+        "excess_loss": excess,
+        "score": score,
+        "lr_limit": limit,
+        "initial_loss": initial,
         "stop_reason": stop_reason,
         "error": error,
         "params": params,

@@ -6,14 +6,19 @@ both, so the two engines cannot drift apart:
 
 - `Status`: how a run (or a member) ended;
 - `stop_code` / `stop_reason`: the stop rules checked at log points (diverged, converged);
-- `distance_to_minimizer`: the metric reported for objectives with a known minimiser;
-- `rank_key`: how sweeps, `gdlab-report`, HParams and population jobs order results;
-- `stability_lr`: the largest stable learning rate 2/L where the objective is a quadratic.
+- `end_code`: the verdict on a run that spent its budget (its loss rose above the start, or
+  grows geometrically: diverged);
+- `distance_to_minimizer`, `clamp_excess`: the metrics of objectives with a known optimum;
+- `score` / `rank_key`: the one number a run is ranked by (and returns to a sweeper), and how
+  sweeps, `gdlab-report`, HParams and population jobs order results with it;
+- `curvature` / `lr_limit`: the largest stable learning rate of each update rule where the
+  objective is a quadratic (2/L for plain SGD).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +54,7 @@ UNRANKED_ORDER = (Status.DIVERGED, Status.INTERRUPTED, Status.FAILED)
 
 GO_ON = 0
 LOSS_NOT_FINITE, PARAM_NOT_FINITE, PARAM_TOO_LARGE, GRAD_NOT_FINITE, SMALL_GRADIENT = 1, 2, 3, 4, 5
+LOSS_ROSE, LOSS_GROWS = 6, 7  # end verdicts on a run that spent its budget
 #: the status each stop code ends a run with
 STOP_STATUS = {
     LOSS_NOT_FINITE: Status.DIVERGED,
@@ -56,7 +62,20 @@ STOP_STATUS = {
     PARAM_TOO_LARGE: Status.DIVERGED,
     GRAD_NOT_FINITE: Status.DIVERGED,
     SMALL_GRADIENT: Status.CONVERGED,
+    LOSS_ROSE: Status.DIVERGED,
+    LOSS_GROWS: Status.DIVERGED,
 }
+#: log points the geometric-growth verdict looks back over
+TREND_POINTS = 6
+#: machine epsilon by dtype name: the precision of the numbers a run computes with
+EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
+#: how many units of its precision two losses may differ by and still count as equal
+ULPS = 16
+
+
+def precision(dtype: Any) -> float:
+    """Machine epsilon of a run's dtype (a torch dtype or its name)."""
+    return EPS[str(dtype).removeprefix("torch.")]
 
 
 def _not_finite(x: Any) -> Any:
@@ -105,6 +124,45 @@ def stop_reason(
     raise ValueError(f"stop code {code} stops nothing")
 
 
+def end_code(initial: Any, history: Sequence[Any], eps: float, trend: bool = True) -> Any:
+    """The verdict on a run that spent its step budget: LOSS_ROSE when its final loss
+    (`history[-1]`, on the full objective) is above its initial loss on the same objective
+    beyond the dtype's precision, LOSS_GROWS when its loss rose at each of the last
+    `TREND_POINTS` log points by steps growing at least 5% each time (geometric growth, as an
+    unstable run's does), else GO_ON. For numbers or [K] tensors.
+
+    A run that starts at the minimum and stays there differs from its start by rounding
+    only: never condemned. `trend=False` (mini-batch runs, whose logged losses are noisy
+    batch losses) judges on the full objective alone.
+    """
+    final = history[-1]
+    rose = final - initial > ULPS * eps * (abs(initial) + abs(final))
+    code: Any = rose * LOSS_ROSE
+    if trend and len(history) >= TREND_POINTS:
+        last = list(history[-TREND_POINTS:])
+        grows: Any = True
+        for a, b, c in zip(last, last[1:], last[2:], strict=False):
+            step, next_step = b - a, c - b
+            grows = grows & (step > ULPS * eps * abs(b)) & (next_step > 1.05 * step)
+        code = code + (code == GO_ON) * grows * LOSS_GROWS
+    return code
+
+
+def end_reason(code: int, initial: float, history: Sequence[float]) -> str:
+    """The stop reason of an end verdict."""
+    final = history[-1]
+    if code == LOSS_ROSE:
+        return f"loss rose from {initial:.6g} to {final:.6g}"
+    if code == LOSS_GROWS:
+        last = history[-TREND_POINTS:]
+        ratio = (last[-1] - last[-2]) / (last[-2] - last[-3])
+        return (
+            f"loss grows geometrically: up at each of the last {TREND_POINTS} log points, "
+            f"each rise {ratio:.3g}x the one before, to {final:.6g}"
+        )
+    raise ValueError(f"end code {code} condemns nothing")
+
+
 def verdict(
     step: int, loss: float, grad_norm: float, param_norm: float, tol: float, bound: float
 ) -> tuple[Status, str] | None:
@@ -136,36 +194,78 @@ def distance_to_minimizer(params: dict[str, Tensor], minimizer: dict[str, Tensor
     return total.sqrt()
 
 
-def rank_key(
+def clamp_excess(loss64: float | None, minimum: float | None) -> float | None:
+    """f(theta) - f*, from the loss evaluated in float64; None where f* is unknown.
+
+    Never negative: a value below 0 by float64 round-off (64 ulps of max(1, |f*|)) is 0. A
+    larger negative value means the objective's `minimum` is wrong, and is kept to show it.
+    """
+    if loss64 is None or minimum is None or not math.isfinite(loss64):
+        return None
+    excess = loss64 - minimum
+    if excess < 0 and -excess <= 64 * EPS["float64"] * max(1.0, abs(minimum)):
+        return 0.0
+    return excess
+
+
+def at_minimum(excess: float | None, minimum: float | None, eps: float) -> bool:
+    """Whether a run's excess loss agrees with f* to its dtype's precision (16 ulps of |f*|,
+    or float64 round-off where f* is 0)."""
+    if excess is None or minimum is None:
+        return False
+    return excess <= ULPS * max(eps * abs(minimum), EPS["float64"])
+
+
+def score(
     status: str,
-    final_loss: float | None,
+    loss64: float | None,
+    excess: float | None,
     minimum: float | None,
     distance: float | None,
     steps: int | None,
-    order: Any = 0,
-) -> tuple[Any, ...]:
-    """Sort key, best first: ranked results by excess loss (final loss minus the known
-    minimum, or the final loss where it is unknown), then distance to the minimiser, then
-    fewer steps; then diverged, interrupted and failed results, in `order` (job order)."""
+    eps: float,
+) -> float:
+    """The one number a run is ranked by, lower is better; what it returns to a sweeper.
+
+    - diverged, interrupted, failed: +inf (never the best);
+    - at the minimum to its dtype's precision: d/(1+d) in [0, 1), d its distance to the
+      minimiser, so ties at f* go to the nearest run;
+    - converged elsewhere: 1 + e/(1+e) in [1, 2), e its excess loss;
+    - otherwise 2 + e: a run that neither converged nor reached f* never beats one that did;
+    - where f* is unknown: the final loss in float64.
+
+    Values that agree to about 7 significant digits (2^-44 per step) go to the run with
+    fewer steps: the score carries that nudge itself, so a sweeper that minimises it (Optuna)
+    picks the run gdlab ranks first.
+    """
+    if status not in RANKED or loss64 is None or not math.isfinite(loss64):
+        return math.inf
+    nudge = 1.0 + min(steps or 0, 1 << 24) * 2.0**-44  # fewer steps first, among near-ties
+    if minimum is None or excess is None:
+        return loss64 * nudge if loss64 > 0 else loss64 / nudge
+    if at_minimum(excess, minimum, eps):
+        if distance is not None and distance > 0:
+            return distance / (1.0 + distance) * nudge
+        return (steps or 0) * math.ulp(0.0)  # exactly at the minimiser: fewer steps first
+    if status == Status.CONVERGED:
+        return 1.0 + excess * nudge / (1.0 + excess * nudge)
+    return 2.0 + excess * nudge
+
+
+def rank_key(status: str, run_score: float | None, steps: int | None, order: Any = 0) -> tuple:
+    """Sort key, best first: ranked results by score (then fewer steps, then `order`), then
+    diverged, interrupted and failed results, in `order` (job order)."""
     if status in RANKED:
-        excess = excess_loss(final_loss, minimum)
-        excess = math.inf if excess is None or math.isnan(excess) else excess
-        dist = math.inf if distance is None or math.isnan(distance) else distance
-        return (0, excess, dist, math.inf if steps is None else steps, order)
+        value = math.inf if run_score is None or math.isnan(run_score) else run_score
+        return (0, value, math.inf if steps is None else steps, order)
     place = UNRANKED_ORDER.index(status) if status in UNRANKED_ORDER else 0
-    return (1 + place, math.inf, math.inf, math.inf, order)
+    return (1 + place, math.inf, math.inf, order)
 
 
-def excess_loss(final_loss: float | None, minimum: float | None) -> float | None:
-    """final loss minus the known minimum (the final loss itself when it is unknown)."""
-    if final_loss is None:
-        return None
-    return final_loss - minimum if minimum is not None else final_loss
-
-
-def stability_lr(objective: Any, mini_batch: bool) -> float | None:
-    """2/L, the largest learning rate at which plain gradient descent converges on a quadratic
-    (L the largest Hessian eigenvalue); None where the objective is not a convex quadratic."""
+def curvature(objective: Any, mini_batch: bool) -> float | None:
+    """L, the largest eigenvalue of the Hessian, where it is the same everywhere (a convex
+    quadratic: the 1-D quadratic, a positive definite quadratic form, the full-batch
+    regression) or the objective states it (`lipschitz`); else None."""
     import torch
 
     from gdlab.objectives.linear_regression import LinearRegression
@@ -186,4 +286,39 @@ def stability_lr(objective: Any, mini_batch: bool) -> float | None:
         hessian_max = float(objective.lipschitz)  # a plugin that states its curvature bound
     if hessian_max is None or not hessian_max > 0:
         return None
-    return 2.0 / hessian_max
+    return hessian_max
+
+
+def lr_limit(
+    L: float | None,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+) -> float | None:
+    """The largest stable lr of SGD on a quadratic with largest curvature L.
+
+    Weight decay adds to the curvature (L + wd). On the eigendirection of L the update is a
+    linear recursion, stable exactly when lr is below:
+
+    - plain SGD, x' = x - lr L x: 2/L;
+    - heavy ball, v' = m v + (1-d) L x, x' = x - lr v': the characteristic polynomial
+      z^2 - (1 + m - lr (1-d) L) z + m has its roots inside the unit circle iff
+      lr (1-d) L < 2 (1 + m): 2(1+m)/((1-d) L);
+    - Nesterov, v' = m v + g, x' = x - lr (g + m v'): z^2 - (1+m)(1 - a) z + m (1 - a)
+      with a = lr L, stable iff (a - 1)(1 + 2m) < 1: 2(1+m)/((1+2m) L).
+
+    None where L is unknown, and with gradient clipping (clipped steps are bounded: the
+    linear analysis does not apply).
+    """
+    if L is None or clip_norm is not None:
+        return None
+    curv = L + weight_decay
+    if momentum == 0:
+        return 2.0 / curv
+    if nesterov:
+        return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * curv)
+    if dampening >= 1.0:
+        return None  # the momentum buffer never moves: no step at all
+    return 2.0 * (1.0 + momentum) / ((1.0 - dampening) * curv)

@@ -34,7 +34,19 @@ from gdlab.batches import BatchSampler
 from gdlab.events import SMALL_PARAM_NUMEL, LogRecord, RunResult, Sink
 from gdlab.objectives.base import Params
 from gdlab.optim import UpdateRule
-from gdlab.rules import Status, distance_to_minimizer, verdict
+from gdlab.rules import (
+    GO_ON,
+    STOP_STATUS,
+    TREND_POINTS,
+    Status,
+    clamp_excess,
+    distance_to_minimizer,
+    end_code,
+    end_reason,
+    precision,
+    score,
+    verdict,
+)
 from gdlab.schedules import Schedule
 
 
@@ -114,6 +126,8 @@ class Trainer:
         interrupt: StopRequest | None = None,
         chunks: list[slice] | None = None,
         n_samples: int | None = None,
+        loss64: Callable[[Params], float] | None = None,
+        lr_limit: float | None = None,
     ) -> None:
         for name, p in params.items():
             if not (p.is_leaf and p.requires_grad):
@@ -138,6 +152,13 @@ class Trainer:
         self.interrupt = interrupt
         self.start_step = 0
         self.elapsed_before = 0.0  # seconds spent in earlier sessions of a resumed run
+        #: the final loss in float64, for the excess loss (None: the run's own final loss)
+        self.loss64 = loss64
+        self.lr_limit = lr_limit
+        self.eps = precision(self._tensors[0].dtype) if self._tensors else precision("float64")
+        #: the full objective at the start, and the last log points' losses: the end verdict
+        self.initial_loss: float | None = None
+        self.history: list[float] = []
 
     def run(self) -> RunResult:
         params, settings, tensors = self.params, self.settings, self._tensors
@@ -147,6 +168,10 @@ class Trainer:
         checkpoint_every = settings.checkpoint_every if self.checkpoint else None
 
         start = time.perf_counter()
+        if self.start_step == 0 and sampler is not None:
+            # mini-batch losses are noisy: the end verdict compares the full objective
+            with torch.no_grad():
+                self.initial_loss = float(loss_fn(params))
         stop: tuple[Status, str] | None = None
         record: LogRecord | None = None
         step = self.start_step
@@ -185,7 +210,7 @@ class Trainer:
             step = settings.steps
             # Evaluate the final parameters too, so every curve ends at the last point.
             record = self._final_point(step, log=True)
-            stop = self._verdict(record)
+            stop = self._verdict(record) or self._end_verdict(record)
         if stop is not None and stop[0] == Status.INTERRUPTED:
             # Not a log point of the uninterrupted run: measure it without logging it.
             record = self._final_point(step, log=False)
@@ -201,6 +226,11 @@ class Trainer:
         if self.minimizer:
             batched = {k: v.detach().unsqueeze(0) for k, v in params.items()}  # K = 1
             distance = float(distance_to_minimizer(batched, self.minimizer)[0])
+        loss64 = record.loss
+        if self.loss64 is not None and math.isfinite(record.loss):
+            with torch.no_grad():
+                loss64 = self.loss64(params)
+        excess = clamp_excess(loss64, self.minimum)
         result = RunResult(
             status=status,
             steps=step,
@@ -211,6 +241,11 @@ class Trainer:
             stop_reason=reason,
             distance_to_minimizer=distance,
             minimum=self.minimum,
+            excess_loss=excess,
+            score=score(status, loss64, excess, self.minimum, distance, step, self.eps),
+            lr_limit=self.lr_limit,
+            initial_loss=self.initial_loss,
+            lr=self.schedule(0),
         )
         for sink in self.sinks:
             sink.finish(result)
@@ -246,11 +281,28 @@ class Trainer:
                 ).tolist()
                 small = {name: p.to("cpu", copy=True) for name, p in self._small}
         self._param_norm = param_value
+        if log and self.sampler is None:  # full-batch losses only: the trend of the end verdict
+            if step == 0:
+                self.initial_loss = loss_value
+            self.history = [*self.history[1 - TREND_POINTS :], loss_value]
         record = LogRecord(step, loss_value, grad_value, lr, small)
         if log:
             for sink in self.sinks:
                 sink.log(record)
         return record
+
+    def _end_verdict(self, final: LogRecord) -> tuple[Status, str] | None:
+        """A run that spent its budget ends worse than it started, or on a rising trend:
+        diverged (gdlab.rules.end_code). `final` is the full objective at the end."""
+        if self.initial_loss is None:
+            return None
+        history = self.history
+        if self.sampler is not None:  # judged on the full objective only
+            history = [final.loss]
+        code = end_code(self.initial_loss, history, self.eps, trend=self.sampler is None)
+        if code == GO_ON:
+            return None
+        return STOP_STATUS[code], end_reason(code, self.initial_loss, history)
 
     def _verdict(self, record: LogRecord) -> tuple[Status, str] | None:
         """The stop rules (gdlab.rules) at a logged point; None means go on."""
@@ -277,6 +329,8 @@ class Trainer:
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "momentum_buffers": self.rule.state_dict()["momentum_buffers"],
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
+            "initial_loss": self.initial_loss,
+            "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,4 +346,6 @@ class Trainer:
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.start_step = int(state["step"])
+        self.initial_loss = state.get("initial_loss")
+        self.history = list(state.get("history") or [])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))

@@ -28,7 +28,22 @@ from gdlab.objectives.base import Objective, Params
 from gdlab.optim import sgd
 from gdlab.population.batching import BatchedLoss, auto_chunk_size, rows_of
 from gdlab.population.members import Members, member_base
-from gdlab.rules import GO_ON, STOP_STATUS, Status, distance_to_minimizer, stop_code, stop_reason
+from gdlab.rules import (
+    GO_ON,
+    STOP_STATUS,
+    TREND_POINTS,
+    Status,
+    clamp_excess,
+    curvature,
+    distance_to_minimizer,
+    end_code,
+    end_reason,
+    lr_limit,
+    precision,
+    score,
+    stop_code,
+    stop_reason,
+)
 from gdlab.schedules import ScheduleSpec, lr_at
 from gdlab.trainer import StopRequest, TrainerSettings
 
@@ -50,6 +65,10 @@ class PopulationResult:
     chunk_size: int
     steps_run: int  # the step loop's last step: where the job as a whole ended
     rejected: dict[str, str] = field(default_factory=dict)
+    excess_loss: list[float | None] = field(default_factory=list)  # float64 f - f*
+    score: list[float] = field(default_factory=list)  # gdlab.rules.score, lower is better
+    lr_limit: list[float | None] = field(default_factory=list)
+    initial_loss: Tensor | None = None  # float64 [K]: the full objective at the start
 
     def __len__(self) -> int:
         return len(self.status)
@@ -67,6 +86,10 @@ class PopulationResult:
             stop_reason=self.stop_reason[i],
             distance_to_minimizer=None if distance is None else float(distance[i]),
             minimum=self.minimum,
+            excess_loss=self.excess_loss[i] if self.excess_loss else None,
+            score=self.score[i] if self.score else math.inf,
+            lr_limit=self.lr_limit[i] if self.lr_limit else None,
+            initial_loss=None if self.initial_loss is None else float(self.initial_loss[i]),
         )
 
     def counts(self) -> dict[str, int]:
@@ -115,6 +138,21 @@ class PopulationTrainer:
         self.interrupt = interrupt
         self.batched = BatchedLoss(objective.loss, strategy, self.chunk_size)
         self.mini_batch = uses_mini_batches(objective)
+        #: L, the largest Hessian eigenvalue where it is constant: each member's lr limit
+        self.curvature = curvature(objective, self.mini_batch)
+        self.eps = precision(dtype)
+
+    def lr_limits(self) -> list[float | None]:
+        """Each member's largest stable lr (gdlab.rules.lr_limit), once per distinct setting."""
+        m, cache = self.members, {}
+        out: list[float | None] = []
+        for row in zip(
+            m.momentum, m.dampening, m.nesterov, m.weight_decay, m.clip_norm, strict=True
+        ):
+            if row not in cache:
+                cache[row] = lr_limit(self.curvature, *row)
+            out.append(cache[row])
+        return out
 
     def _initial_params(self) -> tuple[Params, Tensor, list[torch.Generator]]:
         """Each member's start from its own seeded generator, drawn once per distinct seed."""
@@ -146,6 +184,8 @@ class PopulationTrainer:
         buffers: list[Tensor | None] = [None] * len(used)
 
         final = _Final(count, params, self.device)
+        if sampler is not None:  # mini-batch losses are noisy: the end verdict uses the full one
+            final.initial = self.batched(params, None)[0].double()
         index = torch.arange(count, device=self.device)  # working row -> member
         active = torch.ones(count, dtype=torch.bool, device=self.device)
         running = count
@@ -181,6 +221,7 @@ class PopulationTrainer:
                     }
                     slots, index = rows_of(slots, keep), rows_of(index, keep)
                     active = rows_of(active, keep)
+                    final.keep_rows(keep)
             if last:
                 break
             lr = lr_at(self.schedule, hyper["lr"], step, settings.steps)
@@ -218,6 +259,8 @@ class _Final:
         self.loss = torch.full((count,), math.nan, dtype=torch.float64, device=device)
         self.grad_norm = torch.full_like(self.loss, math.nan)
         self.params = {k: torch.empty_like(v) for k, v in params.items()}
+        self.initial: Tensor | None = None  # float64 [members]: the full objective at step 0
+        self.history: Tensor | None = None  # float64 [rows, <= TREND_POINTS]: recent losses
 
     def check(
         self,
@@ -248,6 +291,8 @@ class _Final:
         codes = stop_code(loss64, grad64, param64, s.tol, s.divergence_bound)
         rule = codes != GO_ON
         interrupted = end is not None and end[0] == Status.INTERRUPTED
+        if not interrupted:
+            self.remember(step, loss64, trainer.mini_batch)
         # Rows the rule stops get the plain trainer's own verdict and message, one by one;
         # at the end the rest finish (or all are interrupted) without Python per row.
         stopped = (active if interrupted else active & rule).nonzero().reshape(-1)
@@ -256,9 +301,7 @@ class _Final:
         if end is not None and not interrupted:
             rest = (active & ~rule).nonzero().reshape(-1)
             done = torch.cat([done, rest])
-            for block in _row_blocks(rest):
-                for member in rows_of(index, block).tolist():
-                    self.status[member], self.steps[member] = Status.FINISHED, step
+            self._spent(trainer, step, rest, index, loss64)
         if done.numel() == 0:
             return 0
         done_members = rows_of(index, done)
@@ -268,6 +311,52 @@ class _Final:
             self.params[k].index_copy_(0, done_members, rows_of(v.detach(), done))
         active.index_fill_(0, done, False)
         return int(done.numel())
+
+    def remember(self, step: int, loss64: Tensor, mini_batch: bool) -> None:
+        """Keep the initial loss (by member) and the working rows' last TREND_POINTS
+        full-batch losses (by row), for the end verdict."""
+        if step == 0 and self.initial is None:
+            self.initial = loss64.clone()  # at step 0 every member is a working row, in order
+        if mini_batch:
+            return  # logged losses are batch losses: the end verdict uses the full objective
+        column = loss64.reshape(-1, 1)
+        if self.history is None:
+            self.history = column
+        else:
+            self.history = torch.cat([self.history[:, 1 - TREND_POINTS :], column], dim=1)
+
+    def keep_rows(self, keep: Tensor) -> None:
+        """The working set shrinks to rows `keep`: so does the loss history."""
+        if self.history is not None:
+            self.history = rows_of(self.history, keep)
+
+    def _spent(
+        self, trainer: PopulationTrainer, step: int, rest: Tensor, index: Tensor, loss64: Tensor
+    ) -> None:
+        """Rows that spent the budget: finished, or diverged by the end verdict."""
+        members = rows_of(index, rest)
+        for block in _row_blocks(members):
+            for member in block.tolist():
+                self.status[member], self.steps[member] = Status.FINISHED, step
+        if self.initial is None:
+            return
+        initial = rows_of(self.initial, members)
+        if trainer.mini_batch or self.history is None:
+            history = [rows_of(loss64, rest)]
+        else:
+            history = list(rows_of(self.history, rest).T)
+        codes = end_code(initial, history, trainer.eps, trend=not trainer.mini_batch)
+        condemned = (codes != GO_ON).nonzero().reshape(-1)
+        for block in _row_blocks(condemned):
+            block_members = rows_of(members, block).tolist()
+            block_codes = rows_of(codes, block).tolist()
+            starts = rows_of(initial, block).tolist()
+            trails = torch.stack([rows_of(h, block) for h in history], dim=1).tolist()
+            for member, code, start, trail in zip(
+                block_members, block_codes, starts, trails, strict=True
+            ):
+                self.status[member] = STOP_STATUS[code]
+                self.reason[member] = end_reason(code, start, trail)
 
     def _stopped(
         self,
@@ -305,9 +394,18 @@ class _Final:
     def result(self, trainer: PopulationTrainer, wall: float, step: int) -> PopulationResult:
         objective = trainer.objective
         minimizer = getattr(objective, "minimizer", None)
+        minimum = getattr(objective, "minimum", None)
         distance = None
         if minimizer:
             distance = distance_to_minimizer(self.params, minimizer).cpu()
+        loss64 = self.float64_losses(trainer)
+        distances = None if distance is None else distance.tolist()
+        excess, scores = [], []
+        for i, status in enumerate(self.status):
+            e = clamp_excess(loss64[i], minimum)
+            d = None if distances is None else distances[i]
+            excess.append(e)
+            scores.append(score(status, loss64[i], e, minimum, d, self.steps[i], trainer.eps))
         return PopulationResult(
             status=self.status,
             steps=self.steps,
@@ -316,13 +414,35 @@ class _Final:
             params={k: v.cpu() for k, v in self.params.items()},
             stop_reason=self.reason,
             distance_to_minimizer=distance,
-            minimum=getattr(objective, "minimum", None),
+            minimum=minimum,
             wall_time_s=wall,
             strategy=trainer.batched.strategy,
             chunk_size=trainer.chunk_size,
             steps_run=step,
             rejected=dict(trainer.batched.rejected),
+            excess_loss=excess,
+            score=scores,
+            lr_limit=trainer.lr_limits(),
+            initial_loss=None if self.initial is None else self.initial.cpu(),
         )
+
+    def float64_losses(self, trainer: PopulationTrainer) -> list[float | None]:
+        """Each member's final loss evaluated in float64 (the excess loss's precision), by the
+        strategy the run chose; a loss that can't run in float64 keeps the run's value."""
+        from gdlab.problem import float64_twin
+
+        losses = self.loss.cpu().tolist()
+        if trainer.dtype == torch.float64:
+            return losses
+        try:
+            twin = float64_twin(trainer.objective)
+            batched = BatchedLoss(twin.loss, trainer.batched.strategy, trainer.chunk_size)
+            params64 = {k: v.double() for k, v in self.params.items()}
+            values = batched(params64, None)[0].tolist()
+        except Exception:  # a plugin's loss that insists on its own dtype
+            return losses
+        # members that stopped on a non-finite loss keep it (their excess is unknown)
+        return [v if math.isfinite(own) else own for v, own in zip(values, losses, strict=True)]
 
 
 def _row_blocks(rows: Tensor, size: int = 1 << 16) -> list[Tensor]:

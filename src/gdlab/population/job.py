@@ -54,13 +54,12 @@ def job_config(cfg: DictConfig, plan: JobPlan, first: int) -> DictConfig:
 
 
 def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
-    """Train the plan's members; returns the best member's final loss (inf if none finished)."""
+    """Train the plan's members; returns the best member's score (inf if none is ranked)."""
     from gdlab.interrupts import GracefulInterrupt
     from gdlab.population.engine import PopulationTrainer
     from gdlab.population.members import Members, member_base
     from gdlab.problem import build_problem
     from gdlab.results import population_document, write_population
-    from gdlab.rules import stability_lr
     from gdlab.settings import read_values
 
     columns = plan.columns()
@@ -104,8 +103,13 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
             trainer.batched.strategy if trainer.batched.strategy != "auto" else "probe",
         )
         result = trainer.run()
-    info = {"objective": problem.name, "device": str(problem.device), "dtype": problem.dtype_name}
-    extra: dict[str, Any] = {"stability_lr": stability_lr(problem.objective, trainer.mini_batch)}
+    info = {
+        "objective": problem.name,
+        "problem": problem.record(),
+        "device": str(problem.device),
+        "dtype": problem.dtype_name,
+    }
+    extra: dict[str, Any] = {"curvature": trainer.curvature}
     if job_cfg.logger.tensorboard and not interrupt.requested:
         from gdlab.population.tensorboard import write_tensorboard
 
@@ -127,12 +131,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     log.info("gdlab: run directory %s", run_dir)
     if "interrupted" in result.status:
         sys.exit(interrupt.exit_code)  # 130 after Ctrl-C, 143 after SIGTERM, as plain runs do
-    ranked = [
-        float(result.final_loss[j])
-        for j, s in enumerate(result.status)
-        if s in ("finished", "converged") and math.isfinite(float(result.final_loss[j]))
-    ]
-    return min(ranked, default=math.inf)
+    return min(result.score, default=math.inf)  # the best member's score: what gdlab ranks by
 
 
 def member_hparams(

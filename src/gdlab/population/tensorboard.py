@@ -69,16 +69,13 @@ def member_session(
 
 def representatives(result: Any) -> dict[str, int]:
     """Best, median and worst member (positions in the result), ranked as the sweep summary
-    ranks (`gdlab.rules.rank_key`); a member whose loss is not finite counts as the worst."""
-    losses = result.final_loss.tolist()
-    distance = result.distance_to_minimizer
-    distances = distance.tolist() if distance is not None else [None] * len(losses)
+    ranks (`gdlab.rules.rank_key` on each member's score)."""
+    scores = result.score or [math.inf] * len(result.status)
 
     def key(j: int) -> tuple[Any, ...]:
-        status = result.status[j] if math.isfinite(losses[j]) else "diverged"
-        return rank_key(status, losses[j], None, distances[j], result.steps[j], j)
+        return rank_key(result.status[j], scores[j], result.steps[j], j)
 
-    order = sorted(range(len(losses)), key=key)
+    order = sorted(range(len(result.status)), key=key)
     if not order:
         return {}
     return {"best": order[0], "median": order[len(order) // 2], "worst": order[-1]}

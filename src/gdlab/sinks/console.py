@@ -31,9 +31,15 @@ def summary_line(result: RunResult) -> str:
         f"{result.status} after {result.steps} steps{where}: loss {result.final_loss:.6g}, "
         f"grad_norm {result.grad_norm:.3g}"
     )
+    if result.excess_loss is not None:
+        text += f", excess loss {result.excess_loss:.3g}"
     if result.distance_to_minimizer is not None:
         text += f", distance to minimiser {result.distance_to_minimizer:.3g}"
-    return f"{text}; {format_params(result.params)}"
+    text = f"{text}; {format_params(result.params)}"
+    limit, lr = result.lr_limit, result.lr
+    if limit is not None and lr is not None and lr > limit:
+        text += f"; lr {lr:g} is above this update rule's stability limit {limit:.4g}"
+    return text
 
 
 class ConsoleSink:

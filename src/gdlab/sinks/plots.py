@@ -1,19 +1,25 @@
 """Plots of a run, drawn once when it ends: PNG files in the run directory and TensorBoard images.
 
-- `loss.png`: the loss at every logged point (log scale when every loss is positive);
+- `loss.png`: the loss at every logged point; where the minimum f* is known, f - f* on a log
+  axis (rounding below the dtype's precision on a labelled floor), else the loss itself (log
+  scale when every loss is positive);
 - `landscape.png`: for objectives with one parameter number, the function with the descent
-  path on it; with two, contour lines with the path (the regression's (w, b) plane included);
+  path on it; with two, contour lines with the path (the regression's (w, b) plane included),
+  in equal aspect when the ranges are comparable. The view frames the start, the minimiser
+  and the path near them; a diverging path is cut at the edge with a "diverges" arrow;
 - `fit.png`: for one-feature linear regression, the data, the true line and the fitted line.
 
 The sink only keeps the logged records while the run goes (they are already small CPU copies);
 matplotlib is imported and everything is drawn at the end, through `matplotlib.figure.Figure`
 and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false` turns the sink off.
+Titles carry the run's lr and momentum (from `RunInfo.hparams`).
 What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
 sweep's learning-rate plot (`gdlab.sweep.lr_plot`) uses too.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -24,7 +30,14 @@ import torch
 from torch import Tensor
 
 from gdlab.events import LogRecord, RunInfo, RunResult
-from gdlab.plotting import new_figure, plain_log_ticks, png_bytes
+from gdlab.plotting import (
+    axes_box_ratio,
+    new_figure,
+    plain_log_ticks,
+    plain_ticks,
+    png_bytes,
+    set_title,
+)
 from gdlab.plotting import png_size as png_size  # re-exported: gdlab.sinks.tensorboard uses it
 
 if TYPE_CHECKING:
@@ -35,6 +48,12 @@ log = logging.getLogger("gdlab")
 ImageWriter = Callable[[str, bytes, int], None]
 GRID_1D = 300
 GRID_2D = 80
+#: a landscape frames the path within this many radii of its start and minimiser
+REACH = 5.0
+#: margin around the framed points, as a fraction of their span
+PAD = 0.15
+#: contours get equal aspect when their two ranges differ by at most this factor
+EQUAL_ASPECT = 10.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -56,15 +75,6 @@ def axis_names(params: dict[str, Tensor]) -> list[str]:
     for name, value in params.items():
         names += [name] if value.numel() == 1 else [f"{name}[{i}]" for i in range(value.numel())]
     return names
-
-
-def grid_range(values: Sequence[float], pad: float = 0.15) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    lo, hi = (min(finite), max(finite)) if finite else (-1.0, 1.0)
-    span = hi - lo
-    if span <= 0:
-        span = max(1.0, abs(lo))
-    return lo - pad * span, hi + pad * span
 
 
 def evaluate(
@@ -97,22 +107,218 @@ def evaluate(
 # --------------------------------------------------------------------------- run plots
 
 
-def loss_figure(steps: Sequence[int], losses: Sequence[float], title: str) -> Figure:
+def precision(dtype: str | None) -> float:
+    """Machine epsilon of a run's dtype by name (float32's where the name is unknown)."""
+    value = getattr(torch, str(dtype or "").removeprefix("torch."), None)
+    return torch.finfo(value).eps if isinstance(value, torch.dtype) else torch.finfo().eps
+
+
+def loss_figure(
+    steps: Sequence[int],
+    losses: Sequence[float],
+    title: str,
+    minimum: float | None = None,
+    dtype: str | None = None,
+) -> Figure:
+    """The loss at each logged point. Where the minimum f* is known, f - f* on a log axis
+    (linear convergence is a straight line); values below the rounding of the run's dtype
+    at f* are drawn on a dotted, labelled floor line (`excess_curve`). Otherwise the loss
+    itself, on a log axis when every loss is positive."""
     figure = new_figure()
     ax = figure.add_subplot()
     points = [(s, v) for s, v in zip(steps, losses, strict=True) if math.isfinite(v)]
-    if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], color="tab:blue", lw=1.5)
-    if finite_positive(losses):
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    excess = excess_curve(ys, minimum, dtype)
+    if excess is not None:
+        values, floor, meaning = excess
+        ax.plot(xs, values, color="tab:blue", lw=1.5, label=f"f* = {minimum:.6g}")
         ax.set_yscale("log")
-        finite = [v for v in losses if math.isfinite(v)]
-        if max(finite) < 10 * min(finite):
-            plain_log_ticks(ax.yaxis)
+        if any(v <= floor for v in values):
+            ax.axhline(floor, color="0.35", ls=":", lw=1.2, label=meaning)
+        ax.set_ylabel("loss − f*")
+        ax.legend(loc="best", fontsize=8)
+    else:
+        if points:
+            ax.plot(xs, ys, color="tab:blue", lw=1.5)
+        if finite_positive(losses):
+            ax.set_yscale("log")
+            if max(ys) < 10 * min(ys):
+                plain_log_ticks(ax.yaxis)
+        elif ys and max(abs(v) for v in ys) >= 1e4:
+            plain_ticks(ax.yaxis)  # -5e+15, not a 1e15 multiplier under the title
+        ax.set_ylabel("loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
+    set_title(ax, title)
+    ax.grid(True, which="both" if excess is not None else "major", alpha=0.3)
     return figure
+
+
+def excess_curve(
+    losses: Sequence[float], minimum: float | None, dtype: str | None
+) -> tuple[list[float], float, str] | None:
+    """(max(f - f*, floor) for each loss, the floor, what the floor stands for); None when f*
+    is unknown, or when a loss lies below f* by more than rounding (16 eps * max(1, |f*|): a
+    mini-batch loss, or a wrong f*): then the raw loss is the honest picture.
+
+    The floor is the rounding a logged loss carries near f*: one unit of the dtype at f*
+    (eps * |f*|), or the largest dip below f* where rounding made one. Where f* = 0 and no
+    loss dips below it, a loss is exact down to tiny values; only zeros need a floor, a decade
+    under the least positive value.
+    """
+    if minimum is None or not math.isfinite(minimum) or not losses:
+        return None
+    eps = precision(dtype)
+    excess = [v - minimum for v in losses]
+    if min(excess) < -16 * eps * max(1.0, abs(minimum)):
+        return None
+    name = str(dtype or "float32").removeprefix("torch.")
+    floor = max(eps * abs(minimum), -min(excess))
+    meaning = f"{name} precision ({floor:.2g}): smaller values drawn here"
+    if floor <= 0:
+        positive = [e for e in excess if e > 0]
+        floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else eps
+        meaning = f"f − f* = 0, drawn at {floor:.0e}"
+    return [max(e, floor) for e in excess], floor, meaning
+
+
+def view_box(
+    points: Sequence[Sequence[float]], anchors: Sequence[Sequence[float]], reach: float = REACH
+) -> tuple[list[float], list[float]]:
+    """(lows, highs) of the view: the anchors (start, minimiser) and the path points within
+    `reach` radii of them (the radius: half the anchors' spread, or half their distance from
+    the origin when they coincide). A converging path lies inside and is framed whole; a
+    diverging one is framed where it leaves the start, not at 1e7."""
+    dim = len(anchors[0])
+    lows = [min(a[k] for a in anchors) for k in range(dim)]
+    highs = [max(a[k] for a in anchors) for k in range(dim)]
+    center = [(lo + hi) / 2 for lo, hi in zip(lows, highs, strict=True)]
+    radius = max(math.dist(a, center) for a in anchors)
+    if radius <= 0:
+        radius = 0.5 * max(math.hypot(*a) for a in anchors) or 1.0
+    for point in points:
+        if math.dist(point, center) <= reach * radius:
+            lows = [min(lo, v) for lo, v in zip(lows, point, strict=True)]
+            highs = [max(hi, v) for hi, v in zip(highs, point, strict=True)]
+    for k in range(dim):
+        span = highs[k] - lows[k]
+        pad = PAD * span if span > 0 else 0.5 * radius
+        lows[k], highs[k] = lows[k] - pad, highs[k] + pad
+    return lows, highs
+
+
+def equal_aspect_box(
+    lows: list[float], highs: list[float], box_ratio: float
+) -> tuple[list[float], list[float]] | None:
+    """The view widened along one axis so that one unit is as long on both axes of an axes
+    box `box_ratio` (height / width); None when the spans differ by more than EQUAL_ASPECT."""
+    dx, dy = highs[0] - lows[0], highs[1] - lows[1]
+    if not (dx > 0 and dy > 0) or max(dx, dy) > EQUAL_ASPECT * min(dx, dy):
+        return None
+    cx, cy = (lows[0] + highs[0]) / 2, (lows[1] + highs[1]) / 2
+    if dy / dx < box_ratio:
+        dy = dx * box_ratio
+    else:
+        dx = dy / box_ratio
+    return [cx - dx / 2, cy - dy / 2], [cx + dx / 2, cy + dy / 2]
+
+
+def clip_segment(
+    a: Sequence[float], b: Sequence[float], lows: Sequence[float], highs: Sequence[float]
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The part of the segment a-b inside the box (Liang-Barsky), or None."""
+    t0, t1 = 0.0, 1.0
+    for k in range(2):
+        d = b[k] - a[k]
+        for p, q in ((-d, a[k] - lows[k]), (d, highs[k] - a[k])):
+            if p == 0:
+                if q < 0:
+                    return None
+                continue
+            t = q / p
+            if p < 0:
+                t0 = max(t0, t)
+            else:
+                t1 = min(t1, t)
+            if t0 > t1:
+                return None
+
+    def at(t: float) -> tuple[float, float]:  # the ends themselves exactly, not a + 1 * (b - a)
+        p = a if t == 0 else b if t == 1 else [u + t * (v - u) for u, v in zip(a, b, strict=True)]
+        return (p[0], p[1])
+
+    return at(t0), at(t1)
+
+
+def clipped_path(
+    points: Sequence[Sequence[float]], lows: Sequence[float], highs: Sequence[float]
+) -> tuple[list[float], list[float], list[int], tuple[Any, Any] | None]:
+    """The path cut to the box: (xs, ys) with NaN between pieces, the indices in xs of the
+    path's own points (for markers), and the last place it leaves the box, (point, direction),
+    when its final point lies outside."""
+
+    def inside(p: Sequence[float]) -> bool:
+        return all(lo <= v <= hi for v, lo, hi in zip(p, lows, highs, strict=False))
+
+    xs: list[float] = []
+    ys: list[float] = []
+    marks: list[int] = []
+    exit_at = None
+    if inside(points[0]):
+        xs, ys, marks = [points[0][0]], [points[0][1]], [0]
+    for a, b in itertools.pairwise(points):
+        piece = clip_segment(a, b, lows, highs)
+        if piece is None:
+            continue
+        (x0, y0), (x1, y1) = piece
+        if not xs or (xs[-1], ys[-1]) != (x0, y0):
+            if xs:
+                xs.append(math.nan)
+                ys.append(math.nan)
+            xs.append(x0)
+            ys.append(y0)
+        xs.append(x1)
+        ys.append(y1)
+        if inside(b):
+            marks.append(len(xs) - 1)
+        else:
+            exit_at = ((x1, y1), (b[0] - a[0], b[1] - a[1]))
+    return xs, ys, marks, exit_at if not inside(points[-1]) else None
+
+
+def mark_exit(ax: Any, exit_at: tuple[Any, Any], lows: list[float], highs: list[float]) -> None:
+    """An arrow at the frame's edge where the path leaves the view, labelled "diverges"."""
+    (x, y), (dx, dy) = exit_at
+    ux, uy = dx / (highs[0] - lows[0]), dy / (highs[1] - lows[1])
+    norm = math.hypot(ux, uy) or 1.0
+    ux, uy = ux / norm, uy / norm
+    # the label sits back along the path and beside it, on the side nearer the view's centre
+    box = ax.get_position()
+    width, height = ax.get_figure().get_size_inches() * 72 * (box.width, box.height)
+    fx, fy = (x - lows[0]) / (highs[0] - lows[0]), (y - lows[1]) / (highs[1] - lows[1])
+
+    def offset(sign: float) -> tuple[float, float]:
+        return (-40 * ux + sign * 18 * uy, -40 * uy - sign * 18 * ux)
+
+    def off_centre(sign: float) -> float:
+        ox, oy = offset(sign)
+        return math.hypot(fx + ox / width - 0.5, fy + oy / height - 0.5)
+
+    text_at = offset(min((1.0, -1.0), key=off_centre))
+    ax.annotate(
+        "diverges",
+        xy=(x, y),
+        xytext=text_at,
+        textcoords="offset points",
+        ha="center",
+        va="center",
+        color="tab:red",
+        fontsize=9,
+        fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
+        arrowprops={"arrowstyle": "-|>", "color": "tab:red", "lw": 1.5, "shrinkA": 0},
+        annotation_clip=False,
+        zorder=6,
+    )
 
 
 def landscape_figure(
@@ -123,39 +329,62 @@ def landscape_figure(
     minimizer: list[float] | None,
     title: str,
 ) -> Figure | None:
-    """The function with the descent path (one number) or contours with the path (two)."""
+    """The function with the descent path (one number) or contours with the path (two).
+
+    The view frames the start, the minimiser (where known) and the path near them
+    (`view_box`); where the path leaves that view it is cut at the edge, and an arrow marks
+    where it leaves for good ("diverges"). Contours get equal aspect when the two ranges are
+    comparable, so the path crosses the contours at the angles it really does.
+    """
+    import numpy as np
+
     dim = len(path[0])
     names = axis_names(template)
     ok = [i for i, p in enumerate(path) if all(math.isfinite(v) for v in p)]
     if not ok:
         return None
-    marks = [path[i] for i in ok] + ([minimizer] if minimizer else [])
     device, dtype = next(iter(template.values())).device, next(iter(template.values())).dtype
     figure = new_figure()
     ax = figure.add_subplot()
+    anchors = [path[ok[0]]] + ([minimizer] if minimizer else [])
+    (lows, highs) = view_box([path[i] for i in ok], anchors)
     if dim == 1:
-        lo, hi = grid_range([m[0] for m in marks])
-        xs = torch.linspace(lo, hi, GRID_1D, dtype=torch.float64)
+        xs = torch.linspace(lows[0], highs[0], GRID_1D, dtype=torch.float64)
         ys = evaluate(loss, template, xs.to(device=device, dtype=dtype).unsqueeze(1))
         ax.plot(xs.tolist(), ys.tolist(), color="tab:gray", lw=1.5, label="f")
-        px = [path[i][0] for i in ok]
-        py = [path_losses[i] for i in ok]
-        ax.plot(px, py, "-o", color="tab:red", ms=3, lw=0.8, label="descent")
-        ax.plot(px[:1], py[:1], "o", color="tab:green", ms=7, label="start")
+        fmin = None
         if minimizer:
-            fmin = evaluate(loss, template, torch.tensor([minimizer], dtype=dtype, device=device))
-            ax.plot(minimizer, fmin.tolist(), "*", color="black", ms=12, label="minimiser")
+            at = torch.tensor([minimizer], dtype=dtype, device=device)
+            fmin = evaluate(loss, template, at).tolist()
+        finite_f = [v for v in ys.tolist() + (fmin or []) if math.isfinite(v)]
+        inside = [
+            path_losses[i]
+            for i in ok
+            if lows[0] <= path[i][0] <= highs[0] and math.isfinite(path_losses[i])
+        ]
+        y_lo, y_hi = min(finite_f + inside), max(finite_f + inside)
+        pad = PAD / 3 * (y_hi - y_lo) if y_hi > y_lo else max(1.0, abs(y_lo)) * 0.1
+        lows, highs = [lows[0], y_lo - pad], [highs[0], y_hi + pad]
+        points = [(path[i][0], path_losses[i]) for i in ok if math.isfinite(path_losses[i])]
+        if not points:
+            return None
+        if minimizer and fmin:
+            ax.plot(minimizer, fmin, "*", color="black", ms=12, label="minimiser", zorder=4)
         ax.set_xlabel(names[0])
         ax.set_ylabel("loss")
     else:
-        import numpy as np
-
-        (x_lo, x_hi), (y_lo, y_hi) = (grid_range([m[k] for m in marks]) for k in (0, 1))
-        gx = torch.linspace(x_lo, x_hi, GRID_2D, dtype=torch.float64)
-        gy = torch.linspace(y_lo, y_hi, GRID_2D, dtype=torch.float64)
+        if minimizer:
+            star = {"color": "black", "ms": 12, "label": "minimiser", "zorder": 4}
+            ax.plot(minimizer[:1], minimizer[1:], "*", **star)
+        equal = equal_aspect_box(lows, highs, axes_box_ratio(ax))
+        if equal is not None:
+            lows, highs = equal
+            ax.set_aspect("equal")
+        gx = torch.linspace(lows[0], highs[0], GRID_2D, dtype=torch.float64)
+        gy = torch.linspace(lows[1], highs[1], GRID_2D, dtype=torch.float64)
         mesh_y, mesh_x = torch.meshgrid(gy, gx, indexing="ij")
-        points = torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], dim=1)
-        z = evaluate(loss, template, points.to(device=device, dtype=dtype)).numpy()
+        grid = torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], dim=1)
+        z = evaluate(loss, template, grid.to(device=device, dtype=dtype)).numpy()
         z = np.ma.masked_invalid(z.reshape(GRID_2D, GRID_2D))
         if z.count() and float(z.max()) > float(z.min()):
             levels = np.unique(np.quantile(z.compressed(), np.linspace(0.01, 0.99, 20)))
@@ -164,14 +393,18 @@ def landscape_figure(
                     mesh_x.numpy(), mesh_y.numpy(), z, levels=levels, cmap="viridis", linewidths=0.8
                 )
                 ax.clabel(contours, contours.levels[::4], fontsize=7, fmt="%.3g")
-        px, py = [path[i][0] for i in ok], [path[i][1] for i in ok]
-        ax.plot(px, py, "-o", color="tab:red", ms=2.5, lw=0.8, label="descent")
-        ax.plot(px[:1], py[:1], "o", color="tab:green", ms=7, label="start")
-        if minimizer:
-            ax.plot(minimizer[:1], minimizer[1:], "*", color="black", ms=12, label="minimiser")
+        points = [(path[i][0], path[i][1]) for i in ok]
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
-    ax.set_title(title)
+    px, py, marks, exit_at = clipped_path(points, lows, highs)
+    size = 2.5 if dim == 2 else 3
+    ax.plot(px, py, "-o", color="tab:red", ms=size, lw=0.8, markevery=marks, label="descent")
+    ax.plot([points[0][0]], [points[0][1]], "o", color="tab:green", ms=7, label="start", zorder=5)
+    if exit_at is not None:
+        mark_exit(ax, exit_at, lows, highs)
+    ax.set_xlim(lows[0], highs[0])
+    ax.set_ylim(lows[1], highs[1])
+    set_title(ax, title)
     ax.legend(loc="best", fontsize=8)
     return figure
 
@@ -193,7 +426,7 @@ def fit_figure(objective: Any, fitted: dict[str, Tensor], title: str) -> Figure:
                 label=f"fitted: y = {w:.3g} x + {b:.3g}")  # fmt: skip
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    ax.set_title(title)
+    set_title(ax, title)
     ax.legend(loc="best", fontsize=8)
     return figure
 
@@ -237,10 +470,9 @@ class PlotSink:
     def finish(self, result: RunResult) -> None:
         if not self.records:
             return
-        name = self.info.objective if self.info else "run"
-        title = f"{name}: {result.status} after {result.steps} steps"
+        title = self._title(result)
         for filename, draw in (
-            ("loss", lambda: self._loss(title)),
+            ("loss", lambda: self._loss(title, result)),
             ("landscape", lambda: self._landscape(result, title)),
             ("fit", lambda: self._fit(result, title)),
         ):
@@ -262,9 +494,25 @@ class PlotSink:
         if self.images is not None:
             self.images(f"plots/{name}", png, step)
 
-    def _loss(self, title: str) -> Figure:
+    def _title(self, result: RunResult) -> str:
+        """`quadratic: converged after 41 steps (lr 0.1, momentum 0.9)`."""
+        name = self.info.objective if self.info else "run"
+        hparams = self.info.hparams if self.info else {}
+        knobs = [
+            f"{label} {value:g}" if isinstance(value, int | float) else f"{label} {value}"
+            for label, key in (("lr", "optimizer.lr"), ("momentum", "optimizer.momentum"))
+            if (value := hparams.get(key)) is not None
+        ]
+        suffix = f" ({', '.join(knobs)})" if knobs else ""
+        return f"{name}: {result.status} after {result.steps} steps{suffix}"
+
+    def _loss(self, title: str, result: RunResult) -> Figure:
         steps = [r.step for r in self.records]
-        return loss_figure(steps, [r.loss for r in self.records], title)
+        minimum = result.minimum
+        if minimum is None:
+            minimum = getattr(self.objective, "minimum", None)
+        dtype = self.info.dtype if self.info else None
+        return loss_figure(steps, [r.loss for r in self.records], title, minimum, dtype)
 
     def _landscape(self, result: RunResult, title: str) -> Figure | None:
         objective = self.objective

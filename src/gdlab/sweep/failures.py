@@ -50,8 +50,9 @@ def job_failed(run_dir: Path, error: BaseException) -> float:
 
 
 def objective_value(result: RunResult) -> float:
-    """What a job returns to Hydra (an Optuna sweeper minimises it): the final loss of a run
-    that finished or converged, infinity for one that diverged or was interrupted."""
-    if result.status in RANKED and math.isfinite(result.final_loss):
-        return float(result.final_loss)
+    """What a job returns to Hydra (an Optuna sweeper minimises it): the run's score, the
+    number gdlab ranks by (`gdlab.rules.score`), so Hydra's best and gdlab's are the same
+    run; infinity for one that diverged, failed or was interrupted."""
+    if result.status in RANKED and not math.isnan(result.score):
+        return float(result.score)
     return math.inf

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gdlab.rules import FAILED, RANKED, UNRANKED_ORDER, excess_loss
+from gdlab.rules import FAILED, RANKED, UNRANKED_ORDER
 
 __all__ = ["FAILED", "RANKED", "UNRANKED_ORDER"]  # the rule book's, re-exported for the sweep
 
@@ -37,12 +37,17 @@ class JobRow:
     note: str | None = None  # where a value came from when it is not metrics.json
     rank: int | None = None
     values: dict[str, str] = field(default_factory=dict)  # override key -> value text
-    stability_lr: float | None = None  # 2/L on a quadratic, where the job knows it
-
-    @property
-    def excess_loss(self) -> float | None:
-        """final loss minus the known minimum (the final loss itself when it is unknown)."""
-        return excess_loss(self.final_loss, self.minimum)
+    #: the problem the job trained (objective with its fields and data): ranks are per problem
+    problem: str = ""
+    #: f(theta) - f* in float64 at the final parameters; None where f* is unknown or the run
+    #: has no result
+    excess_loss: float | None = None
+    #: the largest stable lr for the job's update rule (None where the curvature is unknown)
+    lr_limit: float | None = None
+    momentum: float | None = None  # the job's optimizer.momentum (for per-momentum lines)
+    #: the score the job returned to the sweeper, by which it is ranked (lower is better)
+    score: float | None = None
+    dtype: str | None = None
 
 
 def split_override(text: str) -> tuple[str, str]:

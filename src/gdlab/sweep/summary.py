@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from gdlab.results import read_metrics, read_population
-from gdlab.rules import rank_key
+from gdlab.rules import EPS, clamp_excess, rank_key, score
 from gdlab.sweep.jobs import (
     FAILED,
     RANKED,
@@ -72,6 +73,10 @@ def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
     try:
         config = load_yaml(job_dir / ".hydra" / "config.yaml") or {}
         row.lr = _number((config.get("optimizer") or {}).get("lr"))
+        row.momentum = _number((config.get("optimizer") or {}).get("momentum"))
+        fields = dict(config.get("objective") or {})
+        fields.pop("_target_", None)
+        row.problem = problem_key({"name": objective_choice(job_dir), "fields": fields})
     except (OSError, AttributeError, yaml.YAMLError):
         pass
     metrics = read_metrics(job_dir)  # None: no metrics.json; unreadable: a failed record
@@ -82,11 +87,16 @@ def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         row.minimum = _number(metrics.get("minimum"))
         row.distance_to_minimizer = _number(metrics.get("distance_to_minimizer"))
         row.wall_time_s = _number(metrics.get("wall_time_s"))
+        row.lr_limit = _number(metrics.get("lr_limit"))
+        row.dtype = metrics.get("dtype")
         row.error = metrics.get("error") or (
             metrics.get("stop_reason") if row.status not in RANKED else None
         )
         if row.status == "diverged" and row.final_loss is None:
             row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
+        if isinstance(metrics.get("problem"), dict):
+            row.problem = problem_key(metrics["problem"])
+        _judge(row, metrics)
     if row.status not in RANKED and row.steps is None:
         last = last_logged_point(job_dir)
         if last is not None:
@@ -124,23 +134,109 @@ def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
         return None
     columns = [data[k] for k in ("overrides", "status", "steps", "final_loss", "lr")]
     columns += [data[k] for k in ("distance_to_minimizer", "error", "stop_reason")]
+    count = len(columns[0])
+    columns += [data.get(k) or [None] * count for k in ("excess_loss", "score", "lr_limit")]
     name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
     num, per_member = job_num(job_dir), _number(data.get("wall_time_per_member_s"))
-    minimum, stability = _number(data.get("minimum")), _number(data.get("stability_lr"))
+    minimum, dtype = _number(data.get("minimum")), data.get("dtype")
+    problem = data.get("problem")
+    problem = problem_key(problem) if isinstance(problem, dict) else ""
+    has_score = "score" in data
     rows = []
-    for i, (overrides, status, steps, loss, lr, distance, error, reason) in enumerate(
+    for i, (overrides, status, steps, loss, lr, distance, error, reason, *judged) in enumerate(
         zip(*columns, strict=True)
     ):
+        excess, run_score, limit = judged
         row = JobRow(f"{name}#{i}", num, [str(o) for o in overrides], str(status or "failed"))
         row.values = dict(split_override(o) for o in row.overrides)
         row.steps, row.final_loss, row.lr = steps, _number(loss), _number(lr)
         row.minimum, row.distance_to_minimizer = minimum, _number(distance)
-        row.wall_time_s, row.stability_lr = per_member, stability
+        row.wall_time_s, row.lr_limit, row.dtype = per_member, _number(limit), dtype
+        row.momentum = _number(row.values.get("optimizer.momentum"))
+        row.problem = problem
         row.error = error or (reason if row.status not in RANKED else None)
         if row.status == "diverged" and row.final_loss is None:
             row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
+        record = {"excess_loss": excess, "score": run_score} if has_score else {}
+        _judge(row, record)
         rows.append(row)
+    momentum = _momentum_of(job_dir)
+    for row in rows:
+        if row.momentum is None:
+            row.momentum = momentum
     return rows
+
+
+def objective_choice(job_dir: Path) -> str | None:
+    """The objective option a job's command chose (`.hydra/hydra.yaml`), as its run records
+    it in metrics.json's `problem`: so a job that failed groups with its problem."""
+    try:
+        hydra_yaml = load_yaml(job_dir / ".hydra" / "hydra.yaml") or {}
+        return str(hydra_yaml["hydra"]["runtime"]["choices"]["objective"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def _momentum_of(job_dir: Path) -> float | None:
+    """optimizer.momentum of a job's config (the members' shared value)."""
+    try:
+        config = load_yaml(job_dir / ".hydra" / "config.yaml") or {}
+        return _number((config.get("optimizer") or {}).get("momentum"))
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def _judge(row: JobRow, record: dict[str, Any]) -> None:
+    """The row's excess loss and score, as its run recorded them. Records from before gdlab
+    kept a score (no `score` key) are judged here by the same rules, from what they hold."""
+    if "score" in record:
+        row.excess_loss = _number(record.get("excess_loss"))
+        row.score = _number(record.get("score"))
+        if row.score is None:
+            row.score = math.inf  # JSON has no infinity: null is a run never ranked
+        return
+    row.excess_loss = clamp_excess(row.final_loss, row.minimum)
+    eps = EPS.get(str(row.dtype), EPS["float32"])
+    row.score = score(
+        row.status,
+        row.final_loss,
+        row.excess_loss,
+        row.minimum,
+        row.distance_to_minimizer,
+        row.steps,
+        eps,
+    )
+
+
+def problem_key(problem: dict[str, Any]) -> str:
+    """A problem as a comparable text: its objective's name and every field (JSON)."""
+    return json.dumps(problem, sort_keys=True, default=str)
+
+
+def problem_labels(rows: Sequence[JobRow]) -> None:
+    """Replace each row's problem key by a short label: the objective's name, plus the fields
+    that tell problems of the same name apart (`quadratic a=2`)."""
+    decoded = {}
+    for key in {r.problem for r in rows}:
+        try:
+            decoded[key] = json.loads(key) if key else {}
+        except ValueError:
+            decoded[key] = {}
+    names: dict[str, list[dict[str, Any]]] = {}
+    for problem in decoded.values():
+        name = str(problem.get("name") or problem.get("fields", {}).get("_target_", "?"))
+        names.setdefault(name, []).append(problem.get("fields") or {})
+    labels = {}
+    for key, problem in decoded.items():
+        fields = problem.get("fields") or {}
+        name = str(problem.get("name") or fields.get("_target_", "?")).rsplit(".", 1)[-1]
+        siblings = names.get(str(problem.get("name") or fields.get("_target_", "?")), [])
+        varying = sorted(
+            k for k in fields if len({json.dumps(f.get(k), default=str) for f in siblings}) > 1
+        )
+        labels[key] = " ".join([name, *(f"{k}={fields[k]}" for k in varying)])
+    for row in rows:
+        row.problem = labels.get(row.problem, row.problem)
 
 
 def collect_jobs(sweep_dir: Path) -> list[JobRow]:
@@ -150,6 +246,7 @@ def collect_jobs(sweep_dir: Path) -> list[JobRow]:
     for job_dir in find_job_dirs(sweep_dir):
         members = load_population(job_dir, sweep_dir)
         rows.extend(members if members is not None else [load_job(job_dir, sweep_dir)])
+    problem_labels(rows)
     return rank_jobs(rows)
 
 
@@ -157,26 +254,37 @@ def collect_jobs(sweep_dir: Path) -> list[JobRow]:
 
 
 def rank_jobs(rows: Sequence[JobRow]) -> list[JobRow]:
-    """Best first, by the rule book's ranking (`gdlab.rules.rank_key`): finished and converged
-    jobs by excess loss, then distance, then fewer steps; then diverged, interrupted and
-    failed jobs, unranked, in job order."""
+    """Best first within each problem, by the rule book's score (`gdlab.rules.score`, what
+    each run returned to the sweeper), then fewer steps; then the problem's diverged,
+    interrupted and failed jobs, unranked, in job order. Problems are never ranked against
+    each other: each has its own rank 1, and they are listed in order of their first job."""
+    first: dict[str, tuple[int, int]] = {}  # problems with a ranked run first, then job order
+    for i, row in enumerate(rows):
+        order = row.num if row.num is not None else len(rows) + i
+        first[row.problem] = min(first.get(row.problem, (1, order)), (1, order))
+    for row in rows:
+        if row.status in RANKED:
+            first[row.problem] = (0, first[row.problem][1])
 
     def key(item: tuple[int, JobRow]) -> tuple[Any, ...]:
         i, row = item
         order = (row.num if row.num is not None else 1 << 30, i)
-        return rank_key(
-            row.status, row.final_loss, row.minimum, row.distance_to_minimizer, row.steps, order
-        )
+        return (first[row.problem], *rank_key(row.status, row.score, row.steps, order))
 
     ordered = [row for _, row in sorted(enumerate(rows), key=key)]
-    position = 0
+    positions: dict[str, int] = {}
     for row in ordered:
         if row.status in RANKED:
-            position += 1
-            row.rank = position
+            positions[row.problem] = positions.get(row.problem, 0) + 1
+            row.rank = positions[row.problem]
         else:
             row.rank = None
     return ordered
+
+
+def problems_of(rows: Sequence[JobRow]) -> list[str]:
+    """The sweep's problems, in table order."""
+    return list(dict.fromkeys(r.problem for r in rows))
 
 
 # --------------------------------------------------------------------------- tables
@@ -194,13 +302,16 @@ CSV_COLUMNS = (
     "rank",
     "job",
     "overrides",
+    "problem",
     "status",
     "steps",
     "final_loss",
     "excess_loss",
     "distance_to_minimizer",
+    "score",
     "wall_time_s",
     "lr",
+    "lr_limit",
     "error",
 )
 
@@ -218,13 +329,16 @@ def summary_csv(rows: Sequence[JobRow]) -> str:
                 row.job,
                 " ".join(row.overrides),
                 *(row.values.get(k, "") for k in keys),
+                row.problem,
                 row.status,
                 "" if row.steps is None else row.steps,
                 _fmt(row.final_loss, "r"),
                 _fmt(row.excess_loss, "r"),
                 _fmt(row.distance_to_minimizer, "r"),
+                _fmt(row.score, "r"),
                 _fmt(row.wall_time_s, ".4f"),
                 _fmt(row.lr, "r"),
+                _fmt(row.lr_limit, "r"),
                 "; ".join(x for x in (row.error, row.note) if x),
             ]
         )
@@ -234,15 +348,18 @@ def summary_csv(rows: Sequence[JobRow]) -> str:
 def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
     """The summary as a Markdown table (the first `limit` rows), for summary.md and the console."""
     keys = varying_keys(rows) or override_keys(rows)
-    show_excess = any(r.minimum is not None for r in rows)
-    header = ["rank", *keys, "status", "steps", "final loss"]
+    show_excess = any(r.excess_loss is not None for r in rows)
+    show_problem = len(problems_of(rows)) > 1
+    header = ["problem"] if show_problem else []
+    header += ["rank", *keys, "status", "steps", "final loss"]
     header += ["excess loss"] if show_excess else []
     header += ["distance to min", "wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     shown = rows if limit is None else rows[:limit]
     for row in shown:
         status = row.status + (" *" if row.note else "")
-        cells = [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
+        cells = [row.problem] if show_problem else []
+        cells += [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
         cells.append(status)
         cells += [_fmt(row.steps, "d"), _fmt(row.final_loss)]
         cells += [_fmt(row.excess_loss, ".3g")] if show_excess else []
@@ -261,22 +378,31 @@ def counts(rows: Sequence[JobRow]) -> dict[str, int]:
 
 
 def headline(rows: Sequence[JobRow]) -> str:
-    """`N runs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (loss 5)`.
+    """`N runs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (excess loss 0)`, with the
+    best of each problem where the sweep holds several.
 
     A row is a job of a plain multirun or a member of a population job: "runs" covers both.
     """
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
     text = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {tally or 'none'}"
-    best = rows[0] if rows and rows[0].rank == 1 else None
-    if best is not None:
-        keys = varying_keys(rows)  # what sets the best job apart; all its overrides if none
+    problems = problems_of(rows)
+    keys = [k for k in varying_keys(rows) if not k.startswith("objective")]
+    parts = []
+    for problem in problems:
+        best = next((r for r in rows if r.problem == problem and r.rank == 1), None)
+        label = f"best of {problem}" if len(problems) > 1 else "best"
+        if best is None:
+            parts.append(f"{label}: none ranked (no run finished or converged)")
+            continue
         setting = " ".join(
             f"{k}={tidy_numbers(best.values[k])}" for k in keys if k in best.values
         ) or " ".join(best.overrides)
-        text += f"; best: {setting or best.job} (loss {_fmt(best.final_loss)})"
-    else:
-        text += "; no job finished, none ranked"
-    return text
+        if best.excess_loss is not None:
+            result = f"excess loss {_fmt(best.excess_loss, '.3g')}"
+        else:
+            result = f"loss {_fmt(best.final_loss)}"
+        parts.append(f"{label}: {setting or best.job} ({result})")
+    return "; ".join([text, *parts])
 
 
 def summary_markdown(sweep_dir: Path, rows: Sequence[JobRow]) -> str:
@@ -285,8 +411,10 @@ def summary_markdown(sweep_dir: Path, rows: Sequence[JobRow]) -> str:
         "",
         headline(rows),
         "",
-        "Ranked by excess loss (final loss minus the known minimum, or the final loss where the "
-        "minimum is unknown), then distance to the minimiser, then fewer steps. Diverged, "
+        "Ranked within each problem (never across problems) by score: runs at the minimum to "
+        "their dtype's precision first, nearest to the minimiser first; then runs that "
+        "converged elsewhere, by excess loss; then the rest, by excess loss (f - f* in "
+        "float64; the final loss where f* is unknown); ties to fewer steps. Diverged, "
         "interrupted and failed jobs are listed after, never ranked. "
         "`*`: steps and loss of the last logged point (the job did not finish).",
         "",
