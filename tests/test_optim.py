@@ -8,7 +8,7 @@ import torch
 from gdlab.errors import GdlabError
 from gdlab.optim import SGDSettings, UpdateRule
 from gdlab.schedules import ScheduleSpec, make_schedule
-from gdlab.settings import BATCHABLE, SETTINGS, check_values, member_problems
+from gdlab.settings import BATCHABLE, SETTINGS, UPDATE_RULES, check_values, member_problems
 
 
 def loss_of(params: list[torch.Tensor], A: torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,66 @@ def test_update_rule_equals_torch_sgd(settings: dict) -> None:
         loss_of(ours, A).backward()
         with torch.no_grad():
             rule.step(ours, settings["lr"])
+        for p in ours:
+            p.grad.zero_()
+        reference.zero_grad()
+        loss_of(theirs, A).backward()
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+ADAPTIVE = [
+    ("adam", {}, torch.optim.Adam, {}),
+    ("adam", {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}, torch.optim.Adam, {}),
+    ("adam", {"weight_decay": 0.1}, torch.optim.Adam, {}),
+    ("adam", {"amsgrad": True, "weight_decay": 0.05}, torch.optim.Adam, {}),
+    ("adamw", {}, torch.optim.AdamW, {}),
+    ("adamw", {"weight_decay": 0.2, "amsgrad": True}, torch.optim.AdamW, {}),
+    ("rmsprop", {}, torch.optim.RMSprop, {}),
+    ("rmsprop", {"momentum": 0.9}, torch.optim.RMSprop, {}),
+    ("rmsprop", {"centered": True, "alpha": 0.9, "eps": 1e-6}, torch.optim.RMSprop, {}),
+    ("rmsprop", {"centered": True, "momentum": 0.5, "weight_decay": 0.1}, torch.optim.RMSprop, {}),
+    ("adagrad", {}, torch.optim.Adagrad, {}),
+    ("adagrad", {"lr_decay": 0.1, "weight_decay": 0.05}, torch.optim.Adagrad, {}),
+    ("adagrad", {"initial_accumulator_value": 0.5, "eps": 1e-6}, torch.optim.Adagrad, {}),
+]
+
+
+def torch_arguments(rule: str, settings: dict) -> dict:
+    """torch.optim's arguments for our settings: Adam's betas are one tuple."""
+    args = dict(settings)
+    if rule in ("adam", "adamw"):
+        args["betas"] = (args.pop("beta1", 0.9), args.pop("beta2", 0.999))
+    return args
+
+
+@pytest.mark.parametrize(
+    ("rule", "settings", "reference_class", "_"),
+    ADAPTIVE,
+    ids=[f"{r}-" + ",".join(f"{k}={v}" for k, v in s.items()) for r, s, _, _ in ADAPTIVE],
+)
+def test_adaptive_rules_equal_torch_optim_step_for_step(
+    rule: str, settings: dict, reference_class: type, _: dict
+) -> None:
+    from gdlab.optim import RULES
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    start = [
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    ]
+    ours = [t.clone().requires_grad_(True) for t in start]
+    theirs = [t.clone().requires_grad_(True) for t in start]
+    lr = 0.01
+    update = UpdateRule(RULES[rule][1](lr=lr, **settings))
+    reference = reference_class(theirs, lr=lr, **torch_arguments(rule, settings))
+    for _step in range(30):
+        loss_of(ours, A).backward()
+        with torch.no_grad():
+            update.step(ours, lr)
         for p in ours:
             p.grad.zero_()
         reference.zero_grad()
@@ -155,6 +215,8 @@ def test_settings_table_builds_the_schema_and_the_member_columns() -> None:
                 assert f.default == rows[key].default, key
             else:
                 assert key == "optimizer.schedule", key
-    assert set(Members.build(1, {n: rows[k].default for k, n in BATCHABLE.items()}).columns) == {
-        s.name for s in SETTINGS if s.batchable
-    }
+    for rule in UPDATE_RULES:
+        base = {n: rows[k].default_for(rule) for k, n in BATCHABLE.items()}
+        assert set(Members.build(1, base, rule).columns) == {
+            s.name for s in SETTINGS if s.batchable and s.applies(rule)
+        }

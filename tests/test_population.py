@@ -175,6 +175,27 @@ def test_each_member_equals_its_plain_run(name: str, dtype: str) -> None:
     assert statuses & {"finished", "converged"}
 
 
+#: a per-member grid of each adaptive rule's own hyperparameters (lrs include diverging ones)
+RULE_GRIDS = {
+    "adam": grid(lr=[0.01, 0.3, 3.0], beta1=[0.8, 0.9]),
+    "adamw": grid(lr=[0.01, 0.3], weight_decay=[0.0, 0.1], eps=[1e-8, 1e-3]),
+    "rmsprop": grid(lr=[0.001, 0.01, 0.1], momentum=[0.0, 0.5], alpha=[0.9, 0.99]),
+    "adagrad": grid(lr=[0.05, 0.5], lr_decay=[0.0, 0.1], initial_accumulator_value=[0.0, 0.5]),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_GRIDS))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_member_equals_its_plain_run_for_every_rule(rule: str, name: str) -> None:
+    overrides, _ = CASES[name]
+    overrides = [o for o in overrides if not o.startswith("optimizer.")]  # SGD's own keys
+    overrides = [o for o in overrides if not o.startswith("trainer.steps")]
+    check_population(
+        [*overrides, f"optimizer={rule}", "trainer.steps=40", "device.dtype=float64"],
+        RULE_GRIDS[rule],
+    )
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", ["linear_regression", "linear_regression_minibatch", "matrix"])
 def test_members_equal_plain_runs_on_cuda(name: str) -> None:
@@ -464,7 +485,7 @@ def test_members_from_rows_fill_in_the_base() -> None:
     members = Members.from_rows([{"lr": 0.1}, {"lr": 0.2, "seed": 4}], {"lr": 1.0, **_defaults()})
     assert members.lr == [0.1, 0.2] and members.seed == [0, 4]
     assert members.row(1) == {"lr": 0.2, **_defaults(), "seed": 4}
-    assert members.sgd_settings(0).lr == 0.1
+    assert members.rule == "sgd" and set(members.columns) == set(_defaults()) | {"lr", "seed"}
 
 
 # --- memory grows with K x parameter size, not K x data size -------------------------------

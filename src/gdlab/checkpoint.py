@@ -27,7 +27,6 @@ REQUIRED = {
     "step": int,
     "status": str,
     "params": dict,
-    "momentum_buffers": list,
     "config_yaml": str,
     "overrides": list,
 }
@@ -58,11 +57,23 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             raise GdlabError(
                 f"{path} is damaged: field {key!r} is missing or not a {kind.__name__}"
             )
-    tensors_ok = all(isinstance(v, torch.Tensor) for v in state["params"].values()) and all(
-        b is None or isinstance(b, torch.Tensor) for b in state["momentum_buffers"]
+    # the update rule's state (version 1: SGD's momentum_buffers alone)
+    rule_state = state.get("optimizer_state")
+    if rule_state is None:
+        rule_state = {"state": {"momentum_buffer": state.get("momentum_buffers")}}
+    buffers = (rule_state.get("state") or {}) if isinstance(rule_state, dict) else None
+    tensors_ok = (
+        all(isinstance(v, torch.Tensor) for v in state["params"].values())
+        and isinstance(buffers, dict)
+        and all(
+            isinstance(column, list)
+            and all(b is None or isinstance(b, torch.Tensor) for b in column)
+            for key, column in buffers.items()
+            if key != "step"
+        )
     )
     if not tensors_ok:
-        raise GdlabError(f"{path} is damaged: its parameters or momentum buffers are not tensors")
+        raise GdlabError(f"{path} is damaged: its parameters or optimizer state are not tensors")
     if state["version"] > VERSION:
         raise GdlabError(
             f"{path} was written by a newer gdlab (checkpoint version {state['version']})"

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from gdlab.errors import GdlabError
-from gdlab.settings import ZeroGrad, settings_of
+from gdlab.settings import UPDATE_RULES, ZeroGrad, settings_of
 
 __all__ = ["ZeroGrad"]
 
@@ -36,13 +36,16 @@ class Dtype(Enum):
     float64 = "float64"
 
 
-def schema_from_table(name: str, group: str, nested: dict[str, type] | None = None) -> type:
-    """A dataclass whose fields are the settings table's rows under `group` (plus `nested`
-    groups as fields holding their own schema)."""
+def schema_from_table(
+    name: str, group: str, nested: dict[str, type] | None = None, rule: str = "sgd"
+) -> type:
+    """A dataclass whose fields are the settings table's rows under `group` that the update
+    rule `rule` has, with its defaults (plus `nested` groups as fields holding their schema)."""
     fields: list[tuple[str, Any, Any]] = []
-    for setting in settings_of(group):
+    for setting in settings_of(group, rule):
         kind = Optional[setting.kind] if setting.nullable else setting.kind  # noqa: UP045
-        fields.append((setting.name, kind, field(default=setting.default)))
+        default = rule if setting.key == "optimizer.name" else setting.default_for(rule)
+        fields.append((setting.name, kind, field(default=default)))
     for key, schema in (nested or {}).items():
         fields.append((key, schema, field(default_factory=schema)))
     schema = dataclasses.make_dataclass(name, fields)
@@ -51,7 +54,15 @@ def schema_from_table(name: str, group: str, nested: dict[str, type] | None = No
 
 
 ScheduleConfig = schema_from_table("ScheduleConfig", "optimizer.schedule")
-OptimizerConfig = schema_from_table("OptimizerConfig", "optimizer", {"schedule": ScheduleConfig})
+#: one schema per update rule (`optimizer=adam` composes `configs/optimizer/adam.yaml` onto
+#: `adam_schema`): each rule has its own keys and torch.optim's defaults
+OPTIMIZER_SCHEMAS: dict[str, type] = {
+    rule: schema_from_table(
+        f"{rule.capitalize()}Config", "optimizer", {"schedule": ScheduleConfig}, rule
+    )
+    for rule in UPDATE_RULES
+}
+OptimizerConfig = OPTIMIZER_SCHEMAS["sgd"]
 TrainerConfig = schema_from_table("TrainerConfig", "trainer")
 
 
@@ -70,7 +81,7 @@ class LoggerConfig:
 @dataclass
 class GdlabConfig:
     objective: Any = MISSING
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # type: ignore[valid-type]
+    optimizer: Any = MISSING  # an update rule's schema, chosen by optimizer=NAME
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # type: ignore[valid-type]
     device: DeviceConfig = field(default_factory=DeviceConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -78,7 +89,6 @@ class GdlabConfig:
 
 #: the schema of each group, for key checks and messages
 SCHEMA_BY_GROUP: dict[str, type] = {
-    "optimizer": OptimizerConfig,
     "optimizer.schedule": ScheduleConfig,
     "trainer": TrainerConfig,
     "device": DeviceConfig,
@@ -90,8 +100,11 @@ def reject_unknown_keys(cfg: Any) -> None:
     """Refuse keys a schema does not know, even ones forced in with `+group.key=...`.
 
     Without `+`, Hydra refuses them while composing; with it they would be silently ignored.
+    The optimizer group's keys are those of the update rule it names.
     """
-    for group, schema in SCHEMA_BY_GROUP.items():
+    rule = str(OmegaConf.select(cfg, "optimizer.name", default="sgd"))
+    schemas = {"optimizer": OPTIMIZER_SCHEMAS.get(rule, OptimizerConfig), **SCHEMA_BY_GROUP}
+    for group, schema in schemas.items():
         node = OmegaConf.select(cfg, group)
         if node is None:
             continue
@@ -129,7 +142,10 @@ def register_configs() -> None:
     """Register the schemas and resolvers; safe to call more than once."""
     from gdlab.objectives.nodes import register_help_resolver, register_objective_configs
 
-    ConfigStore.instance().store(name="gdlab_schema", node=GdlabConfig)
+    store = ConfigStore.instance()
+    store.store(name="gdlab_schema", node=GdlabConfig)
+    for rule, schema in OPTIMIZER_SCHEMAS.items():
+        store.store(group="optimizer", name=f"{rule}_schema", node=schema)
     # objective=NAME for every entry point in gdlab.objectives, plugins included (no YAML needed)
     register_objective_configs(config_dir())
     register_help_resolver(config_dir())

@@ -7,7 +7,6 @@ It knows Hydra only through the config it is handed, so tests and notebooks call
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
-from gdlab.optim import SGDSettings, UpdateRule
+from gdlab.optim import UpdateRule, settings_for
 from gdlab.problem import Problem, build_problem
 from gdlab.rules import lr_limit
 from gdlab.schedules import make_schedule
@@ -87,14 +86,17 @@ def main_hparams(problem: Problem, values: dict[str, Any] | None = None) -> dict
     values = {**problem.values, **(values or {})}
     return {
         "objective": problem.name,
-        **{key: values[key] for key in HPARAM_KEYS},
+        **{key: values[key] for key in HPARAM_KEYS if key in values},
         "device": problem.device.type,  # the device used, also under device=auto
         "device.dtype": problem.dtype_name,
     }
 
 
 def run_lr_limit(problem: Problem, values: dict[str, Any]) -> float | None:
-    """The largest stable lr for this run's update rule, where the curvature is known."""
+    """The largest stable lr for this run's update rule, where the curvature is known (SGD's
+    rules only: the adaptive rules have none that is classical)."""
+    if values["optimizer.name"] != "sgd":
+        return None
     return lr_limit(problem.curvature(), **optimizer_arguments(values, LIMIT_ARGUMENTS))
 
 
@@ -102,15 +104,19 @@ def run_lr_limit(problem: Problem, values: dict[str, Any]) -> float | None:
 LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
 
 
-def optimizer_arguments(values: dict[str, Any], names: Any) -> dict[str, Any]:
-    """The optimizer rows of the settings table named in `names`, by name."""
-    return {s.name: values[s.key] for s in settings_of("optimizer") if s.name in names}
+def optimizer_arguments(values: dict[str, Any], names: Any = None) -> dict[str, Any]:
+    """The optimizer rows of the settings table (those named in `names`), by name."""
+    rule = values["optimizer.name"]
+    return {
+        s.name: values[s.key]
+        for s in settings_of("optimizer", rule)
+        if (names is None or s.name in names) and s.key in values
+    }
 
 
 def update_rule(values: dict[str, Any]) -> UpdateRule:
     """The update rule with a plain run's hyperparameters (the optimizer rows of the table)."""
-    names = {f.name for f in dataclasses.fields(SGDSettings)}
-    return UpdateRule(SGDSettings(**optimizer_arguments(values, names)))
+    return UpdateRule(settings_for(values["optimizer.name"], optimizer_arguments(values)))
 
 
 def build(

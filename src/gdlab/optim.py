@@ -1,8 +1,12 @@
 """Update rules as functions over tensors, plus a small object that holds their state.
 
-The split follows `torch/optim/sgd.py`: `sgd` is the functional core (gradient clipping,
-weight decay, heavy-ball momentum, Nesterov: the same formulas and order as
-`torch.optim.SGD`), and `UpdateRule` keeps the momentum buffers between the steps of a run.
+The split follows `torch/optim/sgd.py`: one function per rule is the functional core, with
+the same formulas and order as torch.optim's single-tensor code: `sgd` (weight decay,
+heavy-ball momentum, Nesterov), `adam` (Adam, and AdamW with `decoupled=True`), `rmsprop`,
+`adagrad`; gradient clipping applies to every rule. `UpdateRule` keeps a rule's state (its
+buffers, created at the first step, and the step count) between the steps of a run. The
+updates happen in place under `torch.no_grad()`, as the tutorial writes them; no torch.optim
+object is involved.
 
 Both engines call the same `sgd`. In a plain run every hyperparameter is a number. In a
 population the parameters carry a leading member dimension K, and a hyperparameter is either
@@ -16,8 +20,9 @@ every other setting, by `gdlab.settings`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -30,11 +35,57 @@ Hyper = float | bool | Tensor | None
 class SGDSettings:
     """Hyperparameters of one SGD variant; `clip_norm` None means no gradient clipping."""
 
+    rule: ClassVar[str] = "sgd"
     lr: float
     momentum: float = 0.0
     dampening: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """Adam's hyperparameters (torch.optim.Adam's, with `betas` split in two)."""
+
+    rule: ClassVar[str] = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    amsgrad: bool = False
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class AdamWSettings(AdamSettings):
+    """AdamW: Adam with decoupled weight decay (torch.optim.AdamW's defaults)."""
+
+    rule: ClassVar[str] = "adamw"
+    weight_decay: float = 1e-2
+
+
+@dataclass(frozen=True)
+class RMSpropSettings:
+    rule: ClassVar[str] = "rmsprop"
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class AdagradSettings:
+    rule: ClassVar[str] = "adagrad"
+    lr: float = 1e-2
+    lr_decay: float = 0.0
+    weight_decay: float = 0.0
+    eps: float = 1e-10
+    initial_accumulator_value: float = 0.0
     clip_norm: float | None = None
 
 
@@ -83,7 +134,7 @@ def clip_grad_norm(grads: list[Tensor], max_norm: Hyper, members: bool = False) 
 def sgd(
     params: list[Tensor],
     grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
+    state: dict[str, Any],
     *,
     lr: Hyper,
     momentum: Hyper = 0.0,
@@ -93,8 +144,10 @@ def sgd(
     clip_norm: Hyper = None,
     members: bool = False,
 ) -> None:
-    """One SGD step in place, torch.optim.SGD's formulas; fills `momentum_buffers` on the
-    first step with momentum. `members`: the parameters carry a leading member dimension."""
+    """One SGD step in place, torch.optim.SGD's formulas; creates the momentum buffers
+    (`state["momentum_buffer"]`) at the first step with momentum. `members`: the parameters
+    carry a leading member dimension."""
+    momentum_buffers = state.setdefault("momentum_buffer", [None] * len(params))
     if clip_norm is not None:
         grads = clip_grad_norm(grads, clip_norm, members)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
@@ -129,19 +182,194 @@ def sgd(
             param.add_(step, alpha=-lr)  # type: ignore[operator]
 
 
-class UpdateRule:
-    """SGD with its state: call `step(params, lr)` after `backward()`, under `no_grad`.
+def _scale(value: Hyper, like: Tensor) -> Any:
+    """A hyperparameter (or an expression of it) as a number or a per-member column."""
+    return _column(value, like) if isinstance(value, Tensor) else value
 
-    Parameters whose `.grad` is None are skipped, as `torch.optim.SGD` does.
+
+def _new_buffers(state: dict[str, Any], name: str, params: list[Tensor], fill: Hyper = 0.0):
+    """state[name]: one buffer per parameter, created at the first step (filled with `fill`,
+    a number or a per-member tensor)."""
+    if name not in state:
+        state[name] = [torch.zeros_like(p) + _scale(fill, p) if _on(fill) else torch.zeros_like(p)
+                       for p in params]  # fmt: skip
+    return state[name]
+
+
+def _addcmul_(target: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
+    """target += value * a * b, for a number or a per-member column `value`."""
+    if isinstance(value, Tensor):
+        target.add_(value * a * b)
+    else:
+        target.addcmul_(a, b, value=value)
+
+
+def _addcdiv_(target: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
+    """target += value * a / b, for a number or a per-member column `value`."""
+    if isinstance(value, Tensor):
+        target.add_(value * a / b)
+    else:
+        target.addcdiv_(a, b, value=value)
+
+
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, Any],
+    *,
+    lr: Hyper,
+    beta1: Hyper = 0.9,
+    beta2: Hyper = 0.999,
+    eps: Hyper = 1e-8,
+    weight_decay: Hyper = 0.0,
+    amsgrad: bool = False,
+    clip_norm: Hyper = None,
+    decoupled: bool = False,
+    members: bool = False,
+) -> None:
+    """One Adam (AdamW with `decoupled`) step in place, torch.optim.Adam's formulas; creates
+    the moment buffers at the first step. `state["step"]` counts the steps taken."""
+    if clip_norm is not None:
+        grads = clip_grad_norm(grads, clip_norm, members)
+    exp_avgs = _new_buffers(state, "exp_avg", params)
+    exp_avg_sqs = _new_buffers(state, "exp_avg_sq", params)
+    max_sqs = _new_buffers(state, "max_exp_avg_sq", params) if amsgrad else None
+    state["step"] = step = state.get("step", 0) + 1
+    bias_correction1 = 1 - beta1**step  # type: ignore[operator]
+    bias_correction2 = 1 - beta2**step  # type: ignore[operator]
+    step_size = lr / bias_correction1  # type: ignore[operator]
+    bias_correction2_sqrt = bias_correction2**0.5
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if _on(weight_decay):
+            if decoupled:
+                param.mul_(_scale(1 - lr * weight_decay, param))  # type: ignore[operator]
+            else:
+                grad = _add_scaled(grad, param, weight_decay)
+        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
+        exp_avg.lerp_(grad, _scale(1 - beta1, grad))  # type: ignore[operator]
+        exp_avg_sq.mul_(_scale(beta2, grad))
+        _addcmul_(exp_avg_sq, grad, grad, _scale(1 - beta2, grad))  # type: ignore[operator]
+        second = exp_avg_sq
+        if max_sqs is not None:
+            torch.maximum(max_sqs[i], exp_avg_sq, out=max_sqs[i])
+            second = max_sqs[i]
+        denom = (second.sqrt() / _scale(bias_correction2_sqrt, grad)).add_(_scale(eps, grad))
+        _addcdiv_(param, exp_avg, denom, _scale(-step_size, param))
+
+
+def adamw(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], **hyper: Any) -> None:
+    """AdamW: `adam` with decoupled weight decay (param *= 1 - lr * weight_decay)."""
+    adam(params, grads, state, decoupled=True, **hyper)
+
+
+def rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, Any],
+    *,
+    lr: Hyper,
+    alpha: Hyper = 0.99,
+    eps: Hyper = 1e-8,
+    weight_decay: Hyper = 0.0,
+    momentum: Hyper = 0.0,
+    centered: bool = False,
+    clip_norm: Hyper = None,
+    members: bool = False,
+) -> None:
+    """One RMSprop step in place, torch.optim.RMSprop's formulas."""
+    if clip_norm is not None:
+        grads = clip_grad_norm(grads, clip_norm, members)
+    square_avgs = _new_buffers(state, "square_avg", params)
+    grad_avgs = _new_buffers(state, "grad_avg", params) if centered else None
+    buffers = _new_buffers(state, "momentum_buffer", params) if _on(momentum) else None
+    state["step"] = state.get("step", 0) + 1
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if _on(weight_decay):
+            grad = _add_scaled(grad, param, weight_decay)
+        square_avg = square_avgs[i]
+        square_avg.mul_(_scale(alpha, grad))
+        _addcmul_(square_avg, grad, grad, _scale(1 - alpha, grad))  # type: ignore[operator]
+        if grad_avgs is not None:
+            grad_avgs[i].lerp_(grad, _scale(1 - alpha, grad))  # type: ignore[operator]
+            avg = square_avg.addcmul(grad_avgs[i], grad_avgs[i], value=-1).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(_scale(eps, grad))
+        if buffers is None:
+            _addcdiv_(param, grad, avg, _scale(-lr, param))  # type: ignore[operator]
+            continue
+        buf = buffers[i]
+        buf.mul_(_scale(momentum, buf)).addcdiv_(grad, avg)
+        if isinstance(momentum, Tensor):  # members without momentum: the plain step
+            direct = grad / avg
+            buf.copy_(torch.where(_column(momentum != 0, buf), buf, direct))
+        if isinstance(lr, Tensor):
+            param.addcmul_(buf, _column(lr, param), value=-1)
+        else:
+            param.add_(buf, alpha=-lr)
+
+
+def adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, Any],
+    *,
+    lr: Hyper,
+    lr_decay: Hyper = 0.0,
+    weight_decay: Hyper = 0.0,
+    eps: Hyper = 1e-10,
+    initial_accumulator_value: Hyper = 0.0,
+    clip_norm: Hyper = None,
+    members: bool = False,
+) -> None:
+    """One Adagrad step in place, torch.optim.Adagrad's formulas."""
+    if clip_norm is not None:
+        grads = clip_grad_norm(grads, clip_norm, members)
+    state_sums = _new_buffers(state, "sum", params, initial_accumulator_value)
+    state["step"] = step = state.get("step", 0) + 1
+    clr = lr / (1 + (step - 1) * lr_decay)  # type: ignore[operator]
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if _on(weight_decay):
+            grad = _add_scaled(grad, param, weight_decay)
+        state_sums[i].addcmul_(grad, grad, value=1)
+        std = state_sums[i].sqrt().add_(_scale(eps, grad))
+        _addcdiv_(param, grad, std, _scale(-clr, param))
+
+
+#: update rule name -> (functional core, settings class)
+RULES: dict[str, tuple[Callable[..., None], type]] = {
+    "sgd": (sgd, SGDSettings),
+    "adam": (adam, AdamSettings),
+    "adamw": (adamw, AdamWSettings),
+    "rmsprop": (rmsprop, RMSpropSettings),
+    "adagrad": (adagrad, AdagradSettings),
+}
+
+
+def settings_for(rule: str, values: dict[str, Any]) -> Any:
+    """The settings object of `rule` from hyperparameters by name (extra names ignored)."""
+    cls = RULES[rule][1]
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+class UpdateRule:
+    """An update rule with its state: call `step(params, lr)` after `backward()`, under
+    `no_grad`. `settings` is one of the settings classes above (its `rule` names the rule).
+
+    Parameters whose `.grad` is None are skipped, as torch.optim does.
     """
 
-    def __init__(self, settings: SGDSettings) -> None:
+    def __init__(self, settings: Any) -> None:
         self.settings = settings
-        self.momentum_buffers: list[Tensor | None] = []
-        plain = settings.momentum == 0.0 and settings.weight_decay == 0.0
+        self.update = RULES[settings.rule][0]
+        self.hyper = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name != "lr"}
+        #: per-parameter buffers by name (lists aligned with the parameters) and the step count
+        self.state: dict[str, Any] = {}
+        plain = settings.rule == "sgd" and settings.momentum == 0.0
+        plain = plain and settings.weight_decay == 0.0 and settings.clip_norm is None
         # The tutorial's p -= lr * p.grad as one fused call per parameter: the common case
         # gets no Python beyond it (this runs every step).
-        self.step = self._plain_step if plain and settings.clip_norm is None else self._step
+        self.step = self._plain_step if plain else self._step
 
     @staticmethod
     def _plain_step(params: list[Tensor], lr: float) -> None:
@@ -150,27 +378,37 @@ class UpdateRule:
                 p.add_(p.grad, alpha=-lr)
 
     def _step(self, params: list[Tensor], lr: float) -> None:
-        s = self.settings
-        if not self.momentum_buffers:
-            self.momentum_buffers = [None] * len(params)
         active = [i for i, p in enumerate(params) if p.grad is not None]
-        buffers = [self.momentum_buffers[i] for i in active]
-        sgd(
-            [params[i] for i in active],
-            [params[i].grad for i in active],  # type: ignore[misc]
-            buffers,
-            lr=lr,
-            momentum=s.momentum,
-            dampening=s.dampening,
-            nesterov=s.nesterov,
-            weight_decay=s.weight_decay,
-            clip_norm=s.clip_norm,
-        )
-        for i, buf in zip(active, buffers, strict=True):
-            self.momentum_buffers[i] = buf
+        if len(active) == len(params):  # the common case: every parameter is used
+            self.update(params, [p.grad for p in params], self.state, lr=lr, **self.hyper)
+            return
+        # a parameter without gradient is left alone, its buffers too
+        sub = {k: v if not isinstance(v, list) else [v[i] for i in active]
+               for k, v in self.state.items()}  # fmt: skip
+        self.update([params[i] for i in active], [params[i].grad for i in active], sub,
+                    lr=lr, **self.hyper)  # fmt: skip
+        for key, value in sub.items():
+            if isinstance(value, list):
+                full = self.state.get(key) or [None] * len(params)
+                for i, buf in zip(active, value, strict=True):
+                    full[i] = buf
+                self.state[key] = full
+            else:
+                self.state[key] = value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"momentum_buffers": list(self.momentum_buffers)}
+        return {"rule": self.settings.rule, "state": dict(self.state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.momentum_buffers = list(state["momentum_buffers"])
+        """A checkpoint's rule state; one written before the other rules existed holds only
+        SGD's `momentum_buffers`."""
+        if "state" in state:
+            if state.get("rule", "sgd") != self.settings.rule:
+                raise ValueError(
+                    f"it holds the state of optimizer={state.get('rule')}, "
+                    f"not of optimizer={self.settings.rule}"
+                )
+            self.state = dict(state["state"])
+        else:
+            buffers = list(state.get("momentum_buffers") or [])
+            self.state = {"momentum_buffer": buffers} if any(b is not None for b in buffers) else {}

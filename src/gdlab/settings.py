@@ -31,7 +31,8 @@ class ZeroGrad(Enum):
 
 
 SCHEDULES = ("constant", "step", "cosine", "exponential")
-UPDATE_RULES = ("sgd",)
+UPDATE_RULES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+ADAM = ("adam", "adamw")
 
 
 def _finite(v: float) -> bool:
@@ -51,6 +52,16 @@ class Setting:
     batchable: bool = False  # a population member may have its own value
     hparam: bool = False  # every run reports it in TensorBoard's HParams
     doc: str = ""
+    #: the update rules that have this key (optimizer keys); () means every rule
+    rules: tuple[str, ...] = ()
+    #: a rule's own default where it differs from `default` (torch.optim's defaults)
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+    def applies(self, rule: str) -> bool:
+        return not self.rules or rule in self.rules
+
+    def default_for(self, rule: str) -> Any:
+        return dict(self.defaults).get(rule, self.default)
 
     @property
     def name(self) -> str:
@@ -84,18 +95,38 @@ class Constraint:
 
 # fmt: off
 SETTINGS: tuple[Setting, ...] = (
-    # ---- the update rule (optimizer group)
+    # ---- the update rule (optimizer group): torch.optim's argument names and defaults
     Setting("optimizer.name", str, "sgd", "one of: " + ", ".join(UPDATE_RULES),
-            lambda v: v in UPDATE_RULES, doc="the update rule"),
+            lambda v: v in UPDATE_RULES, hparam=True,
+            doc="the update rule (choose it with optimizer=NAME)"),
     Setting("optimizer.lr", float, 0.1, "a finite number > 0", lambda v: _finite(v) and v > 0,
-            batchable=True, hparam=True, doc="learning rate"),
+            batchable=True, hparam=True, doc="learning rate",
+            defaults=(("adam", 1e-3), ("adamw", 1e-3), ("rmsprop", 1e-2), ("adagrad", 1e-2))),
     Setting("optimizer.momentum", float, 0.0, "in [0, 1)", lambda v: 0.0 <= v < 1.0,
-            batchable=True, hparam=True, doc="heavy-ball momentum"),
+            batchable=True, hparam=True, doc="heavy-ball momentum", rules=("sgd", "rmsprop")),
     Setting("optimizer.dampening", float, 0.0, "in [0, 1]", lambda v: 0.0 <= v <= 1.0,
-            batchable=True, doc="momentum dampening"),
-    Setting("optimizer.nesterov", bool, False, batchable=True, doc="Nesterov momentum"),
+            batchable=True, doc="momentum dampening", rules=("sgd",)),
+    Setting("optimizer.nesterov", bool, False, batchable=True, doc="Nesterov momentum",
+            rules=("sgd",)),
+    Setting("optimizer.beta1", float, 0.9, "in [0, 1)", lambda v: 0.0 <= v < 1.0,
+            batchable=True, doc="decay of the first-moment average", rules=ADAM),
+    Setting("optimizer.beta2", float, 0.999, "in [0, 1)", lambda v: 0.0 <= v < 1.0,
+            batchable=True, doc="decay of the second-moment average", rules=ADAM),
+    Setting("optimizer.alpha", float, 0.99, "in [0, 1)", lambda v: 0.0 <= v < 1.0,
+            batchable=True, doc="decay of the squared-gradient average", rules=("rmsprop",)),
+    Setting("optimizer.lr_decay", float, 0.0, ">= 0", lambda v: _finite(v) and v >= 0.0,
+            batchable=True, doc="lr / (1 + (t - 1) lr_decay)", rules=("adagrad",)),
+    Setting("optimizer.initial_accumulator_value", float, 0.0, ">= 0",
+            lambda v: _finite(v) and v >= 0.0, batchable=True,
+            doc="start of the squared-gradient sum", rules=("adagrad",)),
+    Setting("optimizer.eps", float, 1e-8, "a finite number > 0", lambda v: _finite(v) and v > 0,
+            batchable=True, doc="added to the denominator", rules=(*ADAM, "rmsprop", "adagrad"),
+            defaults=(("adagrad", 1e-10),)),
     Setting("optimizer.weight_decay", float, 0.0, ">= 0", lambda v: _finite(v) and v >= 0.0,
-            batchable=True, doc="L2 penalty added to the gradient"),
+            batchable=True, doc="L2 penalty (adamw: decoupled decay)", defaults=(("adamw", 1e-2),)),
+    Setting("optimizer.amsgrad", bool, False, doc="keep the largest second moment", rules=ADAM),
+    Setting("optimizer.centered", bool, False, doc="normalise by the gradient's variance",
+            rules=("rmsprop",)),
     Setting("optimizer.clip_norm", float, None, "null or > 0", lambda v: _finite(v) and v > 0,
             nullable=True, batchable=True, doc="clip the total gradient norm (null: off)"),
     # ---- the learning-rate schedule
@@ -151,9 +182,22 @@ MEMBER_KEYS: dict[str, str] = {name: key for key, name in BATCHABLE.items()}
 HPARAM_KEYS: tuple[str, ...] = tuple(s.key for s in SETTINGS if s.hparam)
 
 
-def settings_of(group: str) -> list[Setting]:
-    """The rows directly under `group` ("optimizer", "optimizer.schedule", "trainer")."""
-    return [s for s in SETTINGS if s.group == group]
+def settings_of(group: str, rule: str = "sgd") -> list[Setting]:
+    """The rows directly under `group` ("optimizer", "optimizer.schedule", "trainer") that
+    the update rule `rule` has."""
+    return [s for s in SETTINGS if s.group == group and s.applies(rule)]
+
+
+def member_keys(rule: str = "sgd") -> dict[str, str]:
+    """Member column name -> config key: the batchable keys of the update rule `rule`."""
+    return {s.name: s.key for s in SETTINGS if s.batchable and s.applies(rule)}
+
+
+def rule_of(cfg: Any) -> str:
+    """The update rule a composed config chose."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.select(cfg, "optimizer.name", default="sgd"))
 
 
 def plain_value(value: Any) -> Any:
@@ -162,10 +206,31 @@ def plain_value(value: Any) -> Any:
 
 
 def read_values(cfg: Any) -> dict[str, Any]:
-    """Every table key's value in a composed config (enums as strings)."""
+    """The value of every table key the config's update rule has (enums as strings).
+
+    A key of another rule that the config holds (`optimizer.name=adam` with the keys of
+    `optimizer=sgd`) or a key of its own rule that it lacks is refused in one line.
+    """
     from omegaconf import OmegaConf
 
-    return {s.key: plain_value(OmegaConf.select(cfg, s.key)) for s in SETTINGS}
+    rule = rule_of(cfg)
+    if rule not in UPDATE_RULES:
+        check_values({"optimizer.name": rule})
+    values = {}
+    for s in SETTINGS:
+        if not s.applies(rule):
+            continue
+        value = OmegaConf.select(cfg, s.key, default=_MISSING)
+        if value is _MISSING:
+            raise GdlabError(
+                f"optimizer.name={rule} does not match the optimizer group's keys ({s.key} is "
+                f"missing): choose the update rule with optimizer={rule}"
+            )
+        values[s.key] = plain_value(value)
+    return values
+
+
+_MISSING = object()
 
 
 def check_values(values: Mapping[str, Any]) -> None:

@@ -327,7 +327,7 @@ class Trainer:
             "step": step,
             "status": str(status),
             "params": {k: v.detach().clone() for k, v in self.params.items()},
-            "momentum_buffers": self.rule.state_dict()["momentum_buffers"],
+            "optimizer_state": self.rule.state_dict(),
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
             "initial_loss": self.initial_loss,
             "history": list(self.history),
@@ -341,11 +341,25 @@ class Trainer:
                     raise ValueError(f"checkpoint has no parameter {name!r} of shape {p.shape}")
                 p.copy_(state["params"][name])
         device = next(iter(self.params.values())).device
-        buffers = [None if b is None else b.to(device) for b in state["momentum_buffers"]]
-        self.rule.load_state_dict({"momentum_buffers": buffers})
+        # a checkpoint from before the other update rules holds SGD's `momentum_buffers`
+        rule_state = state.get("optimizer_state") or {
+            "momentum_buffers": state.get("momentum_buffers")
+        }
+        self.rule.load_state_dict(_to_device(rule_state, device))
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.start_step = int(state["step"])
         self.initial_loss = state.get("initial_loss")
         self.history = list(state.get("history") or [])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+
+
+def _to_device(state: Any, device: torch.device) -> Any:
+    """A checkpoint's nested state with its tensors moved to the run's device."""
+    if isinstance(state, Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to_device(v, device) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to_device(v, device) for v in state]
+    return state

@@ -25,7 +25,7 @@ from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
 from gdlab.errors import GdlabError
 from gdlab.events import RunResult
 from gdlab.objectives.base import Objective, Params
-from gdlab.optim import sgd
+from gdlab.optim import RULES
 from gdlab.population.batching import BatchedLoss, auto_chunk_size, rows_of
 from gdlab.population.members import Members, member_base
 from gdlab.rules import (
@@ -127,7 +127,8 @@ class PopulationTrainer:
             "optimizer.schedule.gamma": schedule.gamma,
             "optimizer.schedule.min_lr": schedule.min_lr,
         }
-        members.validate({**schedule_values, **(shared or {})})
+        self.shared = {**schedule_values, **(shared or {})}
+        members.validate(self.shared)
         self.objective = objective
         self.members = members
         self.settings = settings
@@ -143,8 +144,11 @@ class PopulationTrainer:
         self.eps = precision(dtype)
 
     def lr_limits(self) -> list[float | None]:
-        """Each member's largest stable lr (gdlab.rules.lr_limit), once per distinct setting."""
+        """Each member's largest stable lr (gdlab.rules.lr_limit), once per distinct setting;
+        known for SGD only (None for the adaptive rules)."""
         m, cache = self.members, {}
+        if m.rule != "sgd":
+            return [None] * len(m)
         out: list[float | None] = []
         for row in zip(
             m.momentum, m.dampening, m.nesterov, m.weight_decay, m.clip_norm, strict=True
@@ -172,7 +176,8 @@ class PopulationTrainer:
         count, settings = len(self.members), self.settings
         start_time = time.perf_counter()
         params, slots, generators = self._initial_params()
-        hyper = self.members.hyperparameters(self.device)
+        hyper = self.members.hyperparameters(self.device, self.shared)
+        update = RULES[self.members.rule][0]
         sampler = None
         if self.mini_batch:
             n, batch_size = data_shape(self.objective)
@@ -181,7 +186,7 @@ class PopulationTrainer:
         self.batched.choose(params, probes)
         # a parameter the loss does not use has no gradient: left alone, as in a plain run
         used = [k for k in params if k not in self.batched.unused]
-        buffers: list[Tensor | None] = [None] * len(used)
+        state: dict[str, Any] = {}  # the rule's buffers (lists aligned with `used`), its step
 
         final = _Final(count, params, self.device)
         if sampler is not None:  # mini-batch losses are noisy: the end verdict uses the full one
@@ -214,7 +219,12 @@ class PopulationTrainer:
                     keep = active.nonzero().reshape(-1)
                     params = {k: rows_of(v, keep) for k, v in params.items()}
                     grads = {k: rows_of(v, keep) for k, v in grads.items()}
-                    buffers = [None if b is None else rows_of(b, keep) for b in buffers]
+                    state = {
+                        k: [None if b is None else rows_of(b, keep) for b in v]
+                        if isinstance(v, list)
+                        else v
+                        for k, v in state.items()
+                    }
                     hyper = {
                         k: rows_of(v, keep) if isinstance(v, Tensor) else v
                         for k, v in hyper.items()
@@ -226,10 +236,10 @@ class PopulationTrainer:
                 break
             lr = lr_at(self.schedule, hyper["lr"], step, settings.steps)
             with torch.no_grad():
-                sgd(
+                update(
                     [params[k] for k in used],
                     [grads[k] for k in used],
-                    buffers,
+                    state,
                     **{**hyper, "lr": lr},
                     members=True,
                 )
@@ -474,7 +484,8 @@ def from_config(
     problem = build_problem(cfg)
     columns = dict(columns or {})
     count = len(next(iter(columns.values()))) if columns else 1
-    members = Members.build(count, member_base(problem.values), **columns)
+    rule = problem.values["optimizer.name"]
+    members = Members.build(count, member_base(problem.values, rule), rule, **columns)
     return PopulationTrainer(
         problem.objective,
         members,

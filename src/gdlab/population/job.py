@@ -64,7 +64,8 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
 
     columns = plan.columns()
     values = read_values(cfg)
-    members = Members.build(plan.count, member_base(values), **columns)
+    rule = values["optimizer.name"]
+    members = Members.build(plan.count, member_base(values, rule), rule, **columns)
     problems = members.problems(values)  # refused as their plain runs would be
     valid = [i for i in range(plan.count) if i not in problems]
     run_dir.mkdir(parents=True, exist_ok=True)

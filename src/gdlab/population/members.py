@@ -8,6 +8,7 @@ would be, with the same message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,42 +16,51 @@ from typing import Any
 import torch
 
 from gdlab.errors import GdlabError
-from gdlab.optim import Hyper, SGDSettings
-from gdlab.settings import BATCHABLE, MEMBER_KEYS, coerce, member_problems
+from gdlab.optim import RULES, Hyper
+from gdlab.settings import MEMBER_KEYS, coerce, member_keys, member_problems
 
 
 class Members:
-    """Columns of per-member hyperparameters; `members.lr` is the lr column."""
+    """Columns of per-member hyperparameters of the update rule `rule`; `members.lr` is the
+    lr column."""
 
-    def __init__(self, columns: Mapping[str, Sequence[Any]]) -> None:
-        unknown = set(columns) - set(MEMBER_KEYS)
+    def __init__(self, columns: Mapping[str, Sequence[Any]], rule: str = "sgd") -> None:
+        keys = member_keys(rule)
+        unknown = set(columns) - set(keys)
         if unknown:
-            raise ValueError(f"unknown member fields: {sorted(unknown)}")
+            names = ", ".join(sorted(MEMBER_KEYS.get(u, u) for u in unknown))
+            raise GdlabError(f"optimizer={rule} has no {names}")
         lengths = {len(v) for v in columns.values()}
         if len(lengths) != 1:
             raise ValueError(f"member columns differ in length: {sorted(lengths)}")
-        self.columns: dict[str, list[Any]] = {k: list(columns[k]) for k in MEMBER_KEYS}
+        self.rule = rule
+        self.columns: dict[str, list[Any]] = {k: list(columns[k]) for k in keys}
 
     @classmethod
-    def build(cls, count: int, base: Mapping[str, Any], **columns: Sequence[Any]) -> Members:
+    def build(
+        cls, count: int, base: Mapping[str, Any], rule: str = "sgd", **columns: Sequence[Any]
+    ) -> Members:
         """`count` members: `columns` give per-member values, `base` the shared rest."""
         full: dict[str, Sequence[Any]] = {}
-        for name in MEMBER_KEYS:
+        keys = member_keys(rule)
+        for name in columns:
+            if name not in keys:
+                raise GdlabError(f"optimizer={rule} has no {MEMBER_KEYS.get(name, name)}")
+        for name in keys:
             if name in columns:
                 if len(columns[name]) != count:
                     raise ValueError(f"column {name} has {len(columns[name])} values, not {count}")
                 full[name] = columns[name]
             else:
                 full[name] = [base[name]] * count
-        unknown = set(columns) - set(MEMBER_KEYS)
-        if unknown:
-            raise ValueError(f"unknown member fields: {sorted(unknown)}")
-        return cls(full)
+        return cls(full, rule)
 
     @classmethod
-    def from_rows(cls, rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any]) -> Members:
+    def from_rows(
+        cls, rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any], rule: str = "sgd"
+    ) -> Members:
         """Members from dicts of field -> value; missing fields come from `base`."""
-        return cls({n: [row.get(n, base[n]) for row in rows] for n in MEMBER_KEYS})
+        return cls({n: [row.get(n, base[n]) for row in rows] for n in member_keys(rule)}, rule)
 
     def __getattr__(self, name: str) -> list[Any]:
         columns = self.__dict__.get("columns", {})
@@ -65,7 +75,8 @@ class Members:
         return {name: column[i] for name, column in self.columns.items()}
 
     def select(self, rows: Sequence[int]) -> Members:
-        return Members({name: [column[i] for i in rows] for name, column in self.columns.items()})
+        columns = {name: [column[i] for i in rows] for name, column in self.columns.items()}
+        return Members(columns, self.rule)
 
     def problems(self, shared: Mapping[str, Any] | None = None) -> dict[int, str]:
         """Member index -> why a plain run with its settings would refuse to start.
@@ -85,24 +96,28 @@ class Members:
             key = MEMBER_KEYS[name]
             self.columns[name] = [coerce(key, v) for v in column]
 
-    def sgd_settings(self, i: int) -> SGDSettings:
-        row = self.row(i)
-        return SGDSettings(**{k: v for k, v in row.items() if k in _SGD_FIELDS})
-
-    def hyperparameters(self, device: torch.device) -> dict[str, Hyper]:
+    def hyperparameters(
+        self, device: torch.device, shared: Mapping[str, Any] | None = None
+    ) -> dict[str, Hyper]:
         """The update rule's arguments for every member at once.
 
         A feature no member uses is passed as its off value (momentum 0, no clipping...), so
-        the update skips it; otherwise a tensor of per-member values (float64 as the config
-        holds them, bool for flags, +inf for a member that does not clip). lr is always a
-        tensor: the schedule scales it every step.
+        the update skips it; a value every member shares is passed as that number, exactly
+        as a plain run passes it; otherwise a tensor of per-member values (float64 as the
+        config holds them, bool for flags, +inf for a member that does not clip). lr is
+        always a tensor: the schedule scales it every step. `shared` (config key -> value)
+        gives the rule's settings that are not member columns (e.g. `amsgrad`).
         """
         out: dict[str, Hyper] = {}
-        for name, column in self.columns.items():
-            if name not in _SGD_FIELDS:
+        for name in (f.name for f in dataclasses.fields(RULES[self.rule][1])):
+            if name not in self.columns:
+                out[name] = (shared or {})[f"optimizer.{name}"]
                 continue
+            column = self.columns[name]
             if name != "lr" and not any(v for v in column):
                 out[name] = None if name == "clip_norm" else column[0]
+            elif name != "lr" and name not in _ALWAYS_PER_MEMBER and len(set(column)) == 1:
+                out[name] = column[0]
             elif name == "nesterov":
                 out[name] = torch.tensor(column, dtype=torch.bool, device=device)
             else:
@@ -111,10 +126,11 @@ class Members:
         return out
 
 
-_SGD_FIELDS = frozenset(SGDSettings.__dataclass_fields__)
+#: SGD's settings keep their per-member form even when shared, as populations always ran them
+_ALWAYS_PER_MEMBER = frozenset({"momentum", "dampening", "nesterov", "weight_decay", "clip_norm"})
 
 
-def member_base(values: Mapping[str, Any]) -> dict[str, Any]:
+def member_base(values: Mapping[str, Any], rule: str = "sgd") -> dict[str, Any]:
     """The batchable values a plain run with these table `values` would use: every member's
     default (member column name -> value)."""
-    return {name: values[key] for key, name in BATCHABLE.items()}
+    return {name: values[key] for name, key in member_keys(rule).items()}

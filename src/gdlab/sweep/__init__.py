@@ -7,7 +7,7 @@ One job per module, each importing its siblings by their full path (never this p
 - `hparams`: the hyperparameters of a job, for TensorBoard HParams;
 - `failures`: a job that raised, recorded; what a job returns to Hydra;
 - `summary`: every job read back from disk, ranked, written as summary.csv and summary.md;
-- `lr_plot`: lr.png, final loss against learning rate;
+- `lr_plot`: lr.png, final excess loss against learning rate, a panel per problem;
 - `callback`: the Hydra callback that writes the summary when a multirun ends.
 
 This package is imported by every run (Hydra instantiates the callback up front), so it stays
