@@ -5,12 +5,16 @@ repeats is compared, so machine noise hits both sides alike. Measured: the 1-D q
 the 2-D quadratic 2x^2 + xy + 3y^2 and the tutorial's regression, at gdlab's default logging
 (TensorBoard on, about 1000 points per curve, progress bar off) and with logging every step.
 
-    python scripts/bench_trainer.py [--steps 20000] [--repeats 5]
+    python scripts/bench_trainer.py [--steps 20000] [--repeats 5] [--only adam]
+
+The Adam cases compare `optimizer=adam` with the manual Adam loop a user writes after the
+tutorial (torch.optim.Adam's formulas, no torch.optim object).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -89,10 +93,65 @@ def bare_regression(steps: int) -> float:
     return time.perf_counter() - start
 
 
+def adam_step(params: list[torch.Tensor], moments: list, t: int, lr: float) -> None:
+    """The manual Adam update a user writes after the tutorial (torch.optim.Adam's formulas)."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    step_size = lr / (1 - beta1**t)
+    root = math.sqrt(1 - beta2**t)
+    for p, (m, v) in zip(params, moments, strict=True):
+        g = p.grad
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.addcdiv_(m, (v.sqrt() / root).add_(eps), value=-step_size)
+
+
+def bare_adam_quadratic(steps: int) -> float:
+    x = torch.tensor(0.0, requires_grad=True, device=DEVICE)
+    moments = [(torch.zeros_like(x), torch.zeros_like(x))]
+    sync()
+    start = time.perf_counter()
+    for t in range(1, steps + 1):
+        loss = (x - 3) ** 2 + 5
+        loss.backward()
+        with torch.no_grad():
+            adam_step([x], moments, t, 0.001)
+        x.grad.zero_()
+    sync()
+    return time.perf_counter() - start
+
+
+def bare_adam_regression(steps: int) -> float:
+    gen = torch.Generator(DEVICE).manual_seed(42)
+    x = torch.randn(100, generator=gen, device=DEVICE)
+    y = 3.0 * x + 2.0 + torch.randn(100, generator=gen, device=DEVICE) * 0.5
+    w = torch.randn(1, generator=gen, device=DEVICE).requires_grad_(True)
+    b = torch.randn(1, generator=gen, device=DEVICE).requires_grad_(True)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (w, b)]
+    sync()
+    start = time.perf_counter()
+    for t in range(1, steps + 1):
+        loss = ((w * x + b - y) ** 2).mean()
+        loss.backward()
+        with torch.no_grad():
+            adam_step([w, b], moments, t, 0.01)
+        w.grad.zero_()
+        b.grad.zero_()
+    sync()
+    return time.perf_counter() - start
+
+
 CASES: dict[str, tuple[Callable[[int], float], list[str]]] = {
     "quadratic 1-D": (bare_quadratic, ["objective=quadratic", "optimizer.lr=0.001"]),
     "quadratic 2-D": (bare_2d, ["objective=multivariate", "optimizer.lr=0.001"]),
     "regression": (bare_regression, ["objective=linear_regression", "optimizer.lr=0.01"]),
+    "adam 1-D": (
+        bare_adam_quadratic,
+        ["objective=quadratic", "optimizer=adam", "optimizer.lr=0.001"],
+    ),
+    "adam regression": (
+        bare_adam_regression,
+        ["objective=linear_regression", "optimizer=adam", "optimizer.lr=0.01"],
+    ),
 }
 
 
@@ -122,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
@@ -137,6 +197,8 @@ def main() -> None:
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name, (bare, overrides) in CASES.items():
+            if args.only not in name:
+                continue
             for mode, log_every in (("default", None), ("every step", 1)):
                 bare(2000)  # warm-up
                 gdlab_run(overrides, 2000, log_every, Path(tmp) / "warm")

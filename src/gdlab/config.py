@@ -111,7 +111,17 @@ def reject_unknown_keys(cfg: Any) -> None:
         known = [f.name for f in dataclasses.fields(schema)]
         for key in node:
             if key not in known:
-                raise GdlabError(f"unknown key {group}.{key}; allowed keys: {', '.join(known)}")
+                hint = ""
+                if group == "optimizer" and any(
+                    key in f.__dataclass_fields__ for f in OPTIMIZER_SCHEMAS.values()
+                ):
+                    hint = (
+                        f" (optimizer={rule}'s keys; choose an update rule with "
+                        "optimizer=NAME, not optimizer.name)"
+                    )
+                raise GdlabError(
+                    f"unknown key {group}.{key}; allowed keys: {', '.join(known)}{hint}"
+                )
 
 
 def config_dir() -> str:

@@ -231,30 +231,34 @@ def adam(
     the moment buffers at the first step. `state["step"]` counts the steps taken."""
     if clip_norm is not None:
         grads = clip_grad_norm(grads, clip_norm, members)
-    exp_avgs = _new_buffers(state, "exp_avg", params)
-    exp_avg_sqs = _new_buffers(state, "exp_avg_sq", params)
+    exp_avgs = state.get("exp_avg") or _new_buffers(state, "exp_avg", params)
+    exp_avg_sqs = state.get("exp_avg_sq") or _new_buffers(state, "exp_avg_sq", params)
     max_sqs = _new_buffers(state, "max_exp_avg_sq", params) if amsgrad else None
     state["step"] = step = state.get("step", 0) + 1
-    bias_correction1 = 1 - beta1**step  # type: ignore[operator]
-    bias_correction2 = 1 - beta2**step  # type: ignore[operator]
-    step_size = lr / bias_correction1  # type: ignore[operator]
-    bias_correction2_sqrt = bias_correction2**0.5
+    # per-call coefficients: numbers, or per-member tensors shaped for each parameter below
+    keep1, keep2 = 1 - beta1, 1 - beta2  # type: ignore[operator]
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5  # type: ignore[operator]
+    neg_step_size = -(lr / (1 - beta1**step))  # type: ignore[operator]
+    decay = 1 - lr * weight_decay if decoupled and _on(weight_decay) else None  # type: ignore[operator]
+    coefficients = (keep1, beta2, keep2, bias_correction2_sqrt, eps, neg_step_size, decay)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-        if _on(weight_decay):
-            if decoupled:
-                param.mul_(_scale(1 - lr * weight_decay, param))  # type: ignore[operator]
-            else:
-                grad = _add_scaled(grad, param, weight_decay)
+        w1, b2, w2, root, e, size, shrink = (
+            [_scale(c, param) for c in coefficients] if members else coefficients
+        )
+        if shrink is not None:
+            param.mul_(shrink)  # AdamW: decoupled decay, param *= 1 - lr * weight_decay
+        elif _on(weight_decay):
+            grad = _add_scaled(grad, param, weight_decay)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        exp_avg.lerp_(grad, _scale(1 - beta1, grad))  # type: ignore[operator]
-        exp_avg_sq.mul_(_scale(beta2, grad))
-        _addcmul_(exp_avg_sq, grad, grad, _scale(1 - beta2, grad))  # type: ignore[operator]
+        exp_avg.lerp_(grad, w1)
+        exp_avg_sq.mul_(b2)
+        _addcmul_(exp_avg_sq, grad, grad, w2)
         second = exp_avg_sq
         if max_sqs is not None:
             torch.maximum(max_sqs[i], exp_avg_sq, out=max_sqs[i])
             second = max_sqs[i]
-        denom = (second.sqrt() / _scale(bias_correction2_sqrt, grad)).add_(_scale(eps, grad))
-        _addcdiv_(param, exp_avg, denom, _scale(-step_size, param))
+        denom = (second.sqrt() / root).add_(e)
+        _addcdiv_(param, exp_avg, denom, size)
 
 
 def adamw(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], **hyper: Any) -> None:
