@@ -158,14 +158,14 @@ def describe(graph: dict[str, dict[str, int]], cycle: list[str]) -> str:
 
 def test_the_graph_is_read_from_the_source() -> None:
     graph = import_graph()
-    assert "gdlab.sweep" in graph and "gdlab.sweep.summary" in graph
+    assert "gdlab.sweeps" in graph and "gdlab.sweeps.summary" in graph
     assert any(name.startswith("hydra_plugins.") for name in graph)
     # function-level imports count; `from pkg import submodule` is an edge to the submodule
-    assert "gdlab.sweep.naming" in graph["gdlab.config"]
-    assert "gdlab.sweep.summary" in graph["gdlab.sweep.callback"]
-    assert "gdlab.sweep" not in graph["gdlab.sweep.callback"]
+    assert "gdlab.sweeps.naming" in graph["gdlab.config"]
+    assert "gdlab.sweeps.summary" in graph["gdlab.sweeps.callback"]
+    assert "gdlab.sweeps" not in graph["gdlab.sweeps.callback"]
     # under TYPE_CHECKING only: not an edge
-    assert "gdlab.events" not in graph["gdlab.sweep.failures"]
+    assert "gdlab.events" not in graph["gdlab.sweeps.failures"]
 
 
 def test_each_kind_of_import_is_an_edge(tmp_path: Path) -> None:
@@ -223,10 +223,10 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 
 
 def test_importing_the_sweep_package_stays_light() -> None:
-    """Every run imports gdlab.sweep (Hydra instantiates its callback): no torch, no matplotlib."""
+    """Every run imports gdlab.sweeps (Hydra instantiates its callback): no torch, no matplotlib."""
     code = (
         "import sys\n"
-        "import gdlab.sweep\n"
+        "import gdlab.sweeps\n"
         "heavy = [m for m in ('torch', 'matplotlib', 'tensorboard') if m in sys.modules]\n"
         "print(heavy)\n"
     )

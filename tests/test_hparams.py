@@ -57,6 +57,7 @@ def test_a_run_is_one_session_with_its_hparams_and_final_metrics(tmp_path: Path)
     hparams = session_hparams(content)
     assert hparams == {
         "objective": "multivariate",
+        "optimizer.name": "sgd",
         "optimizer.lr": pytest.approx(0.05),
         "optimizer.momentum": 0.0,
         "trainer.steps": 50.0,
@@ -67,10 +68,11 @@ def test_a_run_is_one_session_with_its_hparams_and_final_metrics(tmp_path: Path)
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     final = {tag: events.Scalars(tag)[-1] for tag in events.Tags()["scalars"]}
-    assert final["final/loss"].value == pytest.approx(result.final_loss)
-    assert final["final/steps"].value == result.steps == final["final/loss"].step
-    assert final["final/diverged"].value == 0.0
-    assert final["final/distance_to_minimizer"].value == pytest.approx(result.distance_to_minimizer)
+    assert final["train_result/loss"].value == pytest.approx(result.final_loss)
+    assert final["train_result/steps"].value == result.steps == final["train_result/loss"].step
+    assert final["train_result/diverged"].value == 0.0
+    distance = final["train_result/distance_to_minimizer"].value
+    assert distance == pytest.approx(result.distance_to_minimizer)
     assert final["train/loss"].value == pytest.approx(result.final_loss)  # linked curve
 
 
@@ -82,8 +84,8 @@ def test_swept_keys_become_hparams_and_divergence_is_a_number(tmp_path: Path) ->
     assert hparams["objective"] == "multivariate"  # the saddle preset's class
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()
-    assert events.Scalars("final/diverged")[-1].value == 1.0
-    assert "final/distance_to_minimizer" not in events.Tags()["scalars"]  # a saddle has none
+    assert events.Scalars("train_result/diverged")[-1].value == 1.0
+    assert "train_result/distance_to_minimizer" not in events.Tags()["scalars"]  # none known
     assert read_metrics(tmp_path)["status"] == "diverged"
 
 
@@ -187,16 +189,17 @@ def test_tensorboard_server_shows_one_hparams_row_per_job(tmp_path: Path) -> Non
     assert {"objective", "optimizer.lr", "optimizer.momentum", "trainer.steps"} <= set(hparam_names)
     assert hparam_names["optimizer.lr"]["differs"] is True
     metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
-    assert {"final/loss", "final/steps", "final/diverged", "train/loss"} <= metric_tags
+    assert {"train_result/loss", "train_result/steps", "train_result/diverged"} <= metric_tags
+    assert "train/loss" in metric_tags
     for group in groups:
         metrics = jobs[group["name"]]
         assert [s["name"] for s in group["sessions"]] == [group["name"]]
         lr = re.search(r"optimizer\.lr=([^,]+)", group["name"]).group(1)
         assert group["hparams"]["optimizer.lr"] == pytest.approx(float(lr))
         values = {m["name"]["tag"]: m.get("value") for m in group["metricValues"]}
-        assert values["final/steps"] == metrics["steps"]
-        assert values["final/diverged"] == (1.0 if metrics["status"] == "diverged" else 0.0)
+        assert values["train_result/steps"] == metrics["steps"]
+        assert values["train_result/diverged"] == float(metrics["status"] == "diverged")
         if metrics["final_loss"] is not None:
-            assert values["final/loss"] == pytest.approx(metrics["final_loss"], rel=1e-6)
+            assert values["train_result/loss"] == pytest.approx(metrics["final_loss"], rel=1e-6)
     statuses = {jobs[g["name"]]["status"] for g in groups}
     assert "diverged" in statuses and statuses & {"finished", "converged"}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gdlab.sweep import collect_jobs
+from gdlab.sweeps import collect_jobs
 from gdlab.threads import joblib_workers, threads_per_job, usable_cpus
 from tests.conftest import read_metrics, run_cli, run_sweep
 
@@ -49,7 +49,7 @@ def check_sweep(sweep_dir: Path, n_jobs: int, steps: int) -> list[dict]:
         points = events.Scalars("train/loss")
         assert [p.step for p in points] == list(range(metrics["steps"] + 1))
         assert points[-1].value == pytest.approx(metrics["final_loss"])
-        assert events.Scalars("final/loss")[-1].value == pytest.approx(metrics["final_loss"])
+        assert events.Scalars("train_result/loss")[-1].value == pytest.approx(metrics["final_loss"])
     table = list(csv.DictReader(io.StringIO((sweep_dir / "summary.csv").read_text())))
     assert sorted(r["job"] for r in table) == [p.name for p in job_dirs]
     assert [r["rank"] for r in table] == [str(i) for i in range(1, n_jobs + 1)]

@@ -43,12 +43,12 @@ def test_event_files_hold_every_step_for_short_runs(run_config) -> None:
     assert list(run_dir.glob("events.out.tfevents.*")), "event file must be in the run directory"
     events = load_events(run_dir)
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/grad_norm", "train/lr", "params/x"} <= scalars
+    assert {"train/loss", "train/grad_norm", "train/lr", "train_params/x"} <= scalars
     loss = events.Scalars("train/loss")
     assert [e.step for e in loss] == list(range(51))  # steps 0..49 and the final point
     assert loss[0].value == pytest.approx(14.0)  # f(0) = 9 + 5
     assert loss[-1].value == pytest.approx(result.final_loss)
-    assert events.Scalars("params/x")[-1].value == pytest.approx(result.params["x"].item())
+    assert events.Scalars("train_params/x")[-1].value == pytest.approx(result.params["x"].item())
     assert all(e.value == pytest.approx(0.1) for e in events.Scalars("train/lr"))
     assert "config" in events.Tags()["tensors"]
     config_text = events.Tensors("config")[0].tensor_proto.string_val[0].decode()
@@ -72,8 +72,9 @@ def test_log_every_is_respected(run_config) -> None:
 def test_vector_params_get_one_tag_per_entry_and_large_ones_none(run_config) -> None:
     _, run_dir = run_config("experiment=matrix", "trainer.steps=5")
     tags = set(load_events(run_dir).Tags()["scalars"])
-    assert {f"params/x/{i}" for i in range(4)} <= tags
-    assert not any(tag.startswith("params/W") for tag in tags)  # 12 numbers: not a scalar curve
+    assert {f"train_params/x/{i}" for i in range(4)} <= tags
+    # 12 numbers: not a scalar curve
+    assert not any(tag.startswith("train_params/W") for tag in tags)
 
 
 def test_logger_none_writes_no_event_files(run_config) -> None:

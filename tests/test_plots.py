@@ -15,8 +15,8 @@ from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.objectives.multivariate import QuadraticForm
 from gdlab.plotting import png_size
 from gdlab.sinks.plots import PlotSink, fit_figure, landscape_figure, loss_figure
-from gdlab.sweep.jobs import JobRow
-from gdlab.sweep.lr_plot import DIVERGED_LABEL, MAX_POINTS, draw_lr_plot, lr_figure
+from gdlab.sweeps.jobs import JobRow
+from gdlab.sweeps.lr_plot import DIVERGED_LABEL, MAX_POINTS, draw_lr_plot, lr_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,10 +53,10 @@ def test_quadratic_run_draws_loss_and_function_with_path(run_config) -> None:
     _, run_dir = run_config()
     assert pngs(run_dir) == {"loss.png", "landscape.png"}
     images = image_tags(run_dir)
-    assert set(images) == {"plots/loss", "plots/landscape"}
+    assert set(images) == {"train_plots/loss", "train_plots/landscape"}
     for name in ("loss", "landscape"):
         png = (run_dir / f"{name}.png").read_bytes()
-        width, height, encoded = images[f"plots/{name}"]
+        width, height, encoded = images[f"train_plots/{name}"]
         assert png.startswith(PNG) and encoded == png  # the same picture in both places
         assert (width, height) == png_size(png) == (600, 400)
 
@@ -79,7 +79,7 @@ def test_diverged_runs_are_drawn_without_their_non_finite_points(run_config) -> 
 def test_plots_flag_and_logger_none_turn_plots_off(run_config) -> None:
     _, run_dir = run_config("logger.plots=false")
     assert pngs(run_dir) == set()
-    assert "plots/loss" not in image_tags(run_dir)
+    assert "train_plots/loss" not in image_tags(run_dir)
     _, run_dir = run_config("logger=none")
     assert pngs(run_dir) == set()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gdlab.report import main
-from gdlab.sweep.callback import SweepSummaryCallback
-from gdlab.sweep.summary import collect_jobs
+from gdlab.sweeps.callback import SweepSummaryCallback
+from gdlab.sweeps.summary import collect_jobs
 from tests.test_sweep import make_job
 
 

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from gdlab.errors import GdlabError
 from gdlab.events import RunResult
 from gdlab.experiment import run_experiment
-from gdlab.sweep.callback import SweepSummaryCallback, last_sweep_failed
-from gdlab.sweep.failures import objective_value, record_failure
-from gdlab.sweep.hparams import override_hparams
-from gdlab.sweep.naming import MAX_DIRNAME, job_dirname
-from gdlab.sweep.summary import collect_jobs, write_summary
+from gdlab.sweeps.callback import SweepSummaryCallback, last_sweep_failed
+from gdlab.sweeps.failures import objective_value, record_failure
+from gdlab.sweeps.hparams import override_hparams
+from gdlab.sweeps.naming import MAX_DIRNAME, job_dirname
+from gdlab.sweeps.summary import collect_jobs, write_summary
 from tests.conftest import compose_config, read_metrics, run_cli, run_sweep
 
 
@@ -257,7 +257,7 @@ def test_diverged_jobs_leave_the_exit_code_zero(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_same_overrides_twice_get_two_directories(tmp_path: Path) -> None:
     _proc, sweep_dir = run_sweep("optimizer.lr=0.1,0.1", "trainer.steps=5", cwd=tmp_path)
-    names = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    names = sorted(p.name for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())  # the jobs
     assert names == ["optimizer.lr=0.1,trainer.steps=5", "optimizer.lr=0.1,trainer.steps=5-job1"]
     for name in names:
         metrics = json.loads((sweep_dir / name / "metrics.json").read_text())

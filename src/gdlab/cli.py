@@ -20,12 +20,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab.config import OUTPUT_SUBDIR, config_dir
-from gdlab.entry import USAGE_ERROR, exit_quickly, run_app, show_tracebacks
+from gdlab.entry import UserMistake, exit_quickly, run_app, show_tracebacks
 from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
 from gdlab.resume import AlreadyFinished, prepare_resume
 from gdlab.sinks.console import summary_line
-from gdlab.sweep import job_failed, last_sweep_failed, objective_value
+from gdlab.sweeps.callback import last_sweep_failed
+from gdlab.sweeps.failures import job_failed, objective_value
 
 log = logging.getLogger("gdlab")
 SWEEP_FAILED = 1  # a multirun in which at least one job failed (diverging is not failing)
@@ -43,8 +44,9 @@ def app(cfg: DictConfig) -> float | None:
             return job_failed(Path(hydra_cfg.runtime.output_dir), err)
         if not isinstance(err, GdlabError) or show_tracebacks():
             raise
-        print(f"gdlab: error: {err}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
+        # Leave Hydra as SystemExit does (an Exception would get a line of Hydra's own too);
+        # `run_app` prints the message in one line, or raises it for gdlab.run.
+        raise UserMistake(str(err)) from None
 
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
@@ -96,16 +98,17 @@ def forget_last_sweep() -> None:
     sys.modules[last_sweep_failed.__module__]._last_summary = None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, raise_errors: bool = False) -> int:
     """Run `gdlab` in this process; return its exit code, never exit the interpreter.
 
     `argv` is the command line without the program name (default: sys.argv[1:], which Hydra
     reads). 0: done; 1: a multirun with a failed job; 2: a user mistake, printed in one line;
     130/143: interrupted by SIGINT/SIGTERM (the run saved a checkpoint to resume from).
+    `raise_errors`: raise a user mistake as a GdlabError with that line instead (`gdlab.api`).
     """
     forget_last_sweep()
     try:
-        code = run_app(app, "gdlab", explain_for_resume, argv)
+        code = run_app(app, "gdlab", explain_for_resume, argv, raise_errors=raise_errors)
         if code == 0 and last_sweep_failed():  # set by the sweep summary callback
             code = SWEEP_FAILED
     finally:

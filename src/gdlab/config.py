@@ -170,7 +170,7 @@ def register_configs() -> None:
             "gdlab.output_subdir", lambda resume: OUTPUT_SUBDIR if resume is None else None
         )
     if not OmegaConf.has_resolver("gdlab.job_dir"):
-        from gdlab.sweep.naming import job_dirname  # light: no torch, no matplotlib
+        from gdlab.sweeps.naming import job_dirname  # light: no torch, no matplotlib
 
         # hydra.sweep.subdir; cached so a job resolves (and claims) its directory once
         OmegaConf.register_new_resolver("gdlab.job_dir", job_dirname, use_cache=True)

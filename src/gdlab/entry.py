@@ -6,6 +6,8 @@
 - `run_app` returns the exit code and leaves the interpreter as it found it (Hydra's global
   state, the logging configuration Hydra installs, HYDRA_FULL_ERROR, sys.argv), so a command
   can be called from Python again and again. Only the console scripts leave the process.
+  With `raise_errors=True` (gdlab's Python API) a user mistake is raised as a GdlabError
+  carrying the one-line message instead of being printed.
 - They leave with `os._exit` (`exit_quickly`) once their files are closed, their output flushed
   and the atexit handlers have run: tearing down torch's modules at interpreter exit costs about
   0.3 s on this machine, as much again as everything gdlab adds to `import torch`.
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
+from gdlab.errors import GdlabError
 from gdlab.usage import describe
 
 USAGE_ERROR = 2
@@ -38,20 +41,45 @@ def show_tracebacks() -> bool:
     return (_user_full_error if running else os.environ.get("HYDRA_FULL_ERROR")) == "1"
 
 
+class UserMistake(SystemExit):
+    """A user mistake found inside a Hydra app. It leaves the app and Hydra as SystemExit(2)
+    does (Hydra adds a line of its own to an Exception), and `run_app` reports its message
+    like the mistakes it catches itself."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USAGE_ERROR)
+        self.message = message
+
+
 def run_app(
     app: Callable[[], object],
     prog: str,
     explain: Callable[[str], str] | None = None,
     argv: Sequence[str] | None = None,
+    *,
+    raise_errors: bool = False,
 ) -> int:
     """Call a `@hydra.main` app; return its exit code, user mistakes reported in one line.
 
     `argv` replaces the command line (sys.argv[1:]) for this call. `explain` may add the
-    command's own context to a message before it is printed. Never raises SystemExit.
+    command's own context to a message before it is printed. `raise_errors`: raise a user
+    mistake as `GdlabError(message)` (the line without `<prog>: error: `) instead of printing
+    it and returning 2. Never raises SystemExit.
     """
+
+    def mistake(message: str) -> int:
+        if explain is not None:
+            message = explain(message)
+        if raise_errors:
+            raise GdlabError(message) from None
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return USAGE_ERROR
+
     with fresh_hydra(prog, argv):
         try:
             app()
+        except UserMistake as err:
+            return mistake(err.message)
         except SystemExit as stop:
             if stop.code is None or isinstance(stop.code, int):
                 return stop.code or 0
@@ -64,10 +92,7 @@ def run_app(
             message = None if show_tracebacks() else describe(err)
             if message is None:
                 raise
-            if explain is not None:
-                message = explain(message)
-            print(f"{prog}: error: {message}", file=sys.stderr)
-            return USAGE_ERROR
+            return mistake(message)
     return 0
 
 

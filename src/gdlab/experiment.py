@@ -28,7 +28,7 @@ from gdlab.schedules import make_schedule
 from gdlab.settings import HPARAM_KEYS, settings_of
 from gdlab.sinks.console import ConsoleSink
 from gdlab.sinks.metrics import MetricsSink
-from gdlab.sweep import override_hparams
+from gdlab.sweeps.hparams import override_hparams
 from gdlab.trainer import StopRequest, Trainer, row_chunks
 
 log = logging.getLogger("gdlab")

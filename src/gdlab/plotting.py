@@ -1,6 +1,6 @@
 """What every gdlab figure shares: size, margins, panels, titles, PNG output, tick labels.
 
-Used by the run plots (`gdlab.sinks.plots`) and the sweep's lr plot (`gdlab.sweep.lr_plot`),
+Used by the run plots (`gdlab.sinks.plots`) and the sweep's lr plot (`gdlab.sweeps.lr_plot`),
 which import this module and never each other. It imports no matplotlib at import time: each
 function imports what it draws with, so a run with `logger.plots=false` never loads it. Figures
 are drawn through `matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend).

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gdlab.errors import GdlabError
-from gdlab.sweep.jobs import find_job_dirs
-from gdlab.sweep.summary import print_summary, write_summary
+from gdlab.sweeps.jobs import find_job_dirs
+from gdlab.sweeps.summary import print_summary, write_summary
 
 
 def build_parser() -> argparse.ArgumentParser:

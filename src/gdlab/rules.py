@@ -209,11 +209,12 @@ def clamp_excess(loss64: float | None, minimum: float | None) -> float | None:
 
 
 def at_minimum(excess: float | None, minimum: float | None, eps: float) -> bool:
-    """Whether a run's excess loss agrees with f* to its dtype's precision (16 ulps of |f*|,
-    or float64 round-off where f* is 0)."""
+    """Whether a run's excess loss agrees with f* to its dtype's precision: 16 units of it,
+    relative to max(1, |f*|) (so a float32 run within 2e-6 of f* = 0 is at the minimum, and
+    the nearest to the minimiser ranks first)."""
     if excess is None or minimum is None:
         return False
-    return excess <= ULPS * max(eps * abs(minimum), EPS["float64"])
+    return excess <= ULPS * eps * max(1.0, abs(minimum))
 
 
 def score(

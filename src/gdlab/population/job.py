@@ -28,7 +28,7 @@ log = logging.getLogger("gdlab")
 
 def population_task(cfg: DictConfig) -> float:
     """The task function the population sweeper hands to the launcher."""
-    from gdlab.sweep.failures import job_failed
+    from gdlab.sweeps.failures import job_failed
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -141,7 +141,7 @@ def member_hparams(
     """Each trained member's HParams: what its plain job would report (the overridden keys in
     command-line order, then the table's always-reported keys, device and dtype)."""
     from gdlab.experiment import main_hparams
-    from gdlab.sweep.hparams import hparam_value, override_hparams
+    from gdlab.sweeps.hparams import hparam_value, override_hparams
 
     shared = override_hparams(cfg, [plan.shared[k] for k in plan.order if k in plan.shared])
     columns = plan.columns()
@@ -174,7 +174,7 @@ def population_line(result: Any, members: Any, valid: list[int]) -> str:
     if best is not None:
         row = members.row(valid[best])
         text += f"; best lr={row['lr']:g}"
-        if any(members.momentum):
+        if any(members.columns.get("momentum", ())):
             text += f", momentum={row['momentum']:g}"
         loss = float(result.final_loss[best])
         text += f" (loss {loss:.6g}, {result.strategy} in {result.wall_time_s:.3g} s)"

@@ -1,13 +1,23 @@
-"""TensorBoard for a population job: an HParams row per member, curves for three of them.
+"""TensorBoard for a population job: curves for three members, an HParams row per member.
 
-- `members/<i>/`: one small event file per member holding its HParams session (its
-  hyperparameters, the `final/...` metrics a plain run writes, the session end), so the
+- `Best/`, `Median/`, `Worst/`: the full scalar curves (`train/loss`, `train/grad_norm`,
+  `train/lr`, `train_params/...`) of those three members, replayed through the plain trainer
+  and gdlab's TensorBoard sink; their results equal the members' (checked), and no per-member
+  history is kept in memory during the batched run. They are the first three runs listed:
+  TensorBoard's run list sorts names by character code (capitals before lower case, so
+  `Worst` before `members`), and they are written first (a run's start time is its first
+  event's).
+- `members/<n>/`: one small event file per member holding its HParams session (its
+  hyperparameters, the `train_result/...` metrics a plain run writes, the session end), so the
   HParams dashboard shows one row per member, as it shows one per job of a plain multirun.
+  TensorBoard keeps one session per run (tensorboard/plugins/hparams: a session is a run with a
+  session-start summary; `group_name` would merge sessions into one averaged row), so each row
+  needs a run of its own; these hold no curve, only the last Time Series group.
   `hparams_members` caps how many (the best, median and worst always among them).
-- `curves/best`, `curves/median`, `curves/worst`: the full scalar curves (`train/loss`,
-  `train/grad_norm`, `train/lr`, `params/...`) of those three members, replayed through the
-  plain trainer and gdlab's TensorBoard sink; their results equal the members' (checked), and
-  no per-member history is kept in memory during the batched run.
+
+TensorBoard selects every run on a first visit only when there are at most 500 (2.21,
+webapp runs_types.ts MAX_NUM_RUNS_TO_ENABLE_BY_DEFAULT); above that the reader ticks the three
+curves at the top of the run list.
 
 Events go through gdlab's `EventFile`, synchronously (thousands of tiny files: no writer
 threads, and no `torch.utils.tensorboard` import).
@@ -33,7 +43,8 @@ from gdlab.sinks.hparams import final_metrics, session_end_summary, session_star
 
 log = logging.getLogger("gdlab")
 MEMBERS_DIR = "members"
-CURVES_DIR = "curves"
+#: the run directory of each replayed curve, by representative
+CURVE_RUNS = {"best": "Best", "median": "Median", "worst": "Worst"}
 
 
 def write_events(log_dir: Path, events: Sequence[Event]) -> Path:
@@ -102,7 +113,7 @@ def write_tensorboard(
     member_settings: list[dict[str, Any]],
     limit: int | None,
 ) -> dict[str, int]:
-    """Member sessions and the three curves; returns {best/median/worst: member index}.
+    """The three curves, then the member sessions; returns {best/median/worst: member index}.
 
     `hparams[j]`, `member_index[j]` (the member's number in the job) and `member_settings[j]`
     (its batchable field -> value) describe the population's j-th trained member.
@@ -111,6 +122,8 @@ def write_tensorboard(
     distances = None if result.distance_to_minimizer is None else result.distance_to_minimizer
     distance_list = None if distances is None else distances.tolist()
     picks = representatives(result)
+    for which, j in picks.items():  # first: listed first by start time too
+        replay_curve(run_dir / CURVE_RUNS[which], job_cfg, member_settings[j], result, j)
     width = max(5, len(str(max(member_index, default=0))))
     for j in spread(len(losses), limit, list(picks.values())):
         member_session(
@@ -121,33 +134,46 @@ def write_tensorboard(
             losses[j],
             None if distance_list is None else distance_list[j],
         )
-    for which, j in picks.items():
-        replay_curve(run_dir / CURVES_DIR / which, job_cfg, member_settings[j], result, j)
     return {which: member_index[j] for which, j in picks.items()}
+
+
+def replay(job_cfg: Any, updates: dict[str, Any], make_sinks: Any) -> Any:
+    """A member's run (`job_cfg` with `updates`, config key -> value) through the plain
+    trainer, logged only by the sinks `make_sinks()` returns once the run is built (no console,
+    no HParams: the member's row is its own session); returns the RunResult. The sweep's race
+    (gdlab.sweeps.race) replays the members it draws through this too."""
+    from omegaconf import OmegaConf
+
+    from gdlab.experiment import build
+
+    cfg = copy.deepcopy(job_cfg)
+    for key, value in updates.items():
+        OmegaConf.update(cfg, key, value)
+    experiment = build(cfg)
+    experiment.info.hparams = {}  # the HParams row is the member's session, not this run
+    sinks = list(make_sinks())
+    experiment.trainer.sinks = sinks
+    try:
+        for sink in sinks:
+            sink.start(experiment.info)
+        return experiment.trainer.run()
+    finally:
+        for sink in sinks:
+            sink.close()
 
 
 def replay_curve(
     log_dir: Path, job_cfg: Any, settings: dict[str, Any], result: Any, j: int
 ) -> None:
     """The member's run through the plain trainer, logged by gdlab's TensorBoard sink."""
-    from omegaconf import OmegaConf
-
-    from gdlab.experiment import build
     from gdlab.sinks.tensorboard import TensorBoardSink
 
-    cfg = copy.deepcopy(job_cfg)
-    for name, value in settings.items():
-        OmegaConf.update(cfg, MEMBER_KEYS[name], value)
-    experiment = build(cfg)
-    experiment.info.hparams = {}  # the HParams row is the member's session, not this run
-    log_dir.mkdir(parents=True, exist_ok=True)
-    sink = TensorBoardSink(log_dir)
-    experiment.trainer.sinks = [sink]
-    try:
-        sink.start(experiment.info)
-        replayed = experiment.trainer.run()
-    finally:
-        sink.close()
+    def sinks() -> list[Any]:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return [TensorBoardSink(log_dir)]
+
+    updates = {MEMBER_KEYS[name]: value for name, value in settings.items()}
+    replayed = replay(job_cfg, updates, sinks)
     expected = float(result.final_loss[j])
     same = replayed.status == result.status[j] and replayed.steps == result.steps[j]
     if same and math.isfinite(expected):

@@ -5,8 +5,16 @@ importing `torch.utils.tensorboard`, which costs tens of milliseconds at every r
 
 No experiment summary is written: with none, TensorBoard builds the HParams table from all
 sessions under its logdir (every swept key, value domains, which columns differ, and every
-scalar tag, `final/...` included, as a metric). One job's experiment summary would instead
-stand for all of them.
+scalar tag, `train_result/...` included, as a metric). One job's experiment summary would
+instead stand for all of them.
+
+How TensorBoard finds a session's metrics (tensorboard/plugins/hparams/backend_context.py,
+`_compute_metric_names`; list_session_groups.py; metrics.py): a session is a run holding a
+session-start summary, at most one per run; each scalar tag of that run, or of a run below it,
+is a metric named (tag, group = the sub-run's path, "" for the run itself), and its value is the
+tag's last point in run `<session>/<group>`. A sub-run would not keep the final metrics out of
+Time Series, which shows every scalar of every selected run, so they stay in the session's own
+run under a tag group (`RESULT`) that sorts after the curves (see gdlab.sinks.tensorboard).
 """
 
 from __future__ import annotations
@@ -16,6 +24,11 @@ from typing import Any
 
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+#: the tag group of a run's final metrics: `train_result/loss`, `/steps`, `/diverged`,
+#: `/distance_to_minimizer`; it sorts after `train`, `train_params` and `train_plots`, so Time
+#: Series lists it last, closed
+RESULT = "train_result"
 
 
 def hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -55,12 +68,12 @@ def session_end_summary(status: str = "STATUS_SUCCESS") -> Summary:
 
 
 def final_metrics(status: str, steps: int, loss: float, distance: float | None) -> dict[str, float]:
-    """The `final/...` scalars of a run's HParams row (a numeric flag for divergence)."""
+    """The `train_result/...` scalars of a run's HParams row (a numeric flag for divergence)."""
     final = {
-        "final/loss": loss,
-        "final/steps": float(steps),
-        "final/diverged": 1.0 if status == "diverged" else 0.0,
+        f"{RESULT}/loss": loss,
+        f"{RESULT}/steps": float(steps),
+        f"{RESULT}/diverged": 1.0 if status == "diverged" else 0.0,
     }
     if distance is not None:
-        final["final/distance_to_minimizer"] = distance
+        final[f"{RESULT}/distance_to_minimizer"] = distance
     return final

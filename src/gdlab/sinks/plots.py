@@ -14,7 +14,7 @@ matplotlib is imported and everything is drawn at the end, through `matplotlib.f
 and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false` turns the sink off.
 Titles carry the run's lr and momentum (from `RunInfo.hparams`).
 What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
-sweep's learning-rate plot (`gdlab.sweep.lr_plot`) uses too.
+sweep's learning-rate plot (`gdlab.sweeps.lr_plot`) uses too.
 """
 
 from __future__ import annotations
@@ -255,6 +255,15 @@ def clipped_path(
     """The path cut to the box: (xs, ys) with NaN between pieces, the indices in xs of the
     path's own points (for markers), and the last place it leaves the box, (point, direction),
     when its final point lies outside."""
+    xs, ys, marks, exit_at, _ = clip_path(points, lows, highs)
+    return xs, ys, marks, exit_at
+
+
+def clip_path(
+    points: Sequence[Sequence[float]], lows: Sequence[float], highs: Sequence[float]
+) -> tuple[list[float], list[float], list[int], tuple[Any, Any] | None, list[int]]:
+    """`clipped_path`, plus `ends`: `xs[: ends[i]]` is the path up to its point i, cut the
+    same way (what an animation draws frame by frame)."""
 
     def inside(p: Sequence[float]) -> bool:
         return all(lo <= v <= hi for v, lo, hi in zip(p, lows, highs, strict=False))
@@ -265,9 +274,11 @@ def clipped_path(
     exit_at = None
     if inside(points[0]):
         xs, ys, marks = [points[0][0]], [points[0][1]], [0]
+    ends = [len(xs)]
     for a, b in itertools.pairwise(points):
         piece = clip_segment(a, b, lows, highs)
         if piece is None:
+            ends.append(len(xs))
             continue
         (x0, y0), (x1, y1) = piece
         if not xs or (xs[-1], ys[-1]) != (x0, y0):
@@ -282,10 +293,17 @@ def clipped_path(
             marks.append(len(xs) - 1)
         else:
             exit_at = ((x1, y1), (b[0] - a[0], b[1] - a[1]))
-    return xs, ys, marks, exit_at if not inside(points[-1]) else None
+        ends.append(len(xs))
+    return xs, ys, marks, exit_at if not inside(points[-1]) else None, ends
 
 
-def mark_exit(ax: Any, exit_at: tuple[Any, Any], lows: list[float], highs: list[float]) -> None:
+def mark_exit(
+    ax: Any,
+    exit_at: tuple[Any, Any],
+    lows: list[float],
+    highs: list[float],
+    color: str = "tab:red",
+) -> None:
     """An arrow at the frame's edge where the path leaves the view, labelled "diverges"."""
     (x, y), (dx, dy) = exit_at
     ux, uy = dx / (highs[0] - lows[0]), dy / (highs[1] - lows[1])
@@ -311,14 +329,79 @@ def mark_exit(ax: Any, exit_at: tuple[Any, Any], lows: list[float], highs: list[
         textcoords="offset points",
         ha="center",
         va="center",
-        color="tab:red",
+        color=color,
         fontsize=9,
         fontweight="bold",
         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
-        arrowprops={"arrowstyle": "-|>", "color": "tab:red", "lw": 1.5, "shrinkA": 0},
+        arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.5, "shrinkA": 0},
         annotation_clip=False,
         zorder=6,
     )
+
+
+def draw_minimizer(ax: Any, x: float, y: float) -> None:
+    """The minimiser: a black star, labelled."""
+    ax.plot([x], [y], "*", color="black", ms=12, label="minimiser", zorder=4)
+
+
+def draw_curve(
+    ax: Any,
+    loss: Callable[[dict[str, Tensor]], Tensor],
+    template: dict[str, Tensor],
+    lows: list[float],
+    highs: list[float],
+    minimizer: list[float] | None,
+    path_points: Sequence[tuple[float, float]],
+) -> tuple[list[float], list[float]]:
+    """One parameter number: f over the view's x range and the minimiser; returns the view
+    as (x, loss) boxes, its loss range spanning f and the `path_points` (x, loss) inside."""
+    device, dtype = next(iter(template.values())).device, next(iter(template.values())).dtype
+    xs = torch.linspace(lows[0], highs[0], GRID_1D, dtype=torch.float64)
+    ys = evaluate(loss, template, xs.to(device=device, dtype=dtype).unsqueeze(1))
+    ax.plot(xs.tolist(), ys.tolist(), color="tab:gray", lw=1.5, label="f")
+    fmin = None
+    if minimizer:
+        at = torch.tensor([minimizer], dtype=dtype, device=device)
+        fmin = evaluate(loss, template, at).tolist()
+    finite_f = [v for v in ys.tolist() + (fmin or []) if math.isfinite(v)]
+    inside = [y for x, y in path_points if lows[0] <= x <= highs[0] and math.isfinite(y)]
+    y_lo, y_hi = min(finite_f + inside), max(finite_f + inside)
+    pad = PAD / 3 * (y_hi - y_lo) if y_hi > y_lo else max(1.0, abs(y_lo)) * 0.1
+    if minimizer and fmin:
+        draw_minimizer(ax, minimizer[0], fmin[0])
+    return [lows[0], y_lo - pad], [highs[0], y_hi + pad]
+
+
+def draw_contours(
+    ax: Any,
+    loss: Callable[[dict[str, Tensor]], Tensor],
+    template: dict[str, Tensor],
+    lows: list[float],
+    highs: list[float],
+) -> tuple[list[float], list[float]]:
+    """Two parameter numbers: contour lines of f over the view, in equal aspect when the two
+    ranges are comparable (the view is widened along one axis for it); returns the view."""
+    import numpy as np
+
+    device, dtype = next(iter(template.values())).device, next(iter(template.values())).dtype
+    equal = equal_aspect_box(lows, highs, axes_box_ratio(ax))
+    if equal is not None:
+        lows, highs = equal
+        ax.set_aspect("equal")
+    gx = torch.linspace(lows[0], highs[0], GRID_2D, dtype=torch.float64)
+    gy = torch.linspace(lows[1], highs[1], GRID_2D, dtype=torch.float64)
+    mesh_y, mesh_x = torch.meshgrid(gy, gx, indexing="ij")
+    grid = torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], dim=1)
+    z = evaluate(loss, template, grid.to(device=device, dtype=dtype)).numpy()
+    z = np.ma.masked_invalid(z.reshape(GRID_2D, GRID_2D))
+    if z.count() and float(z.max()) > float(z.min()):
+        levels = np.unique(np.quantile(z.compressed(), np.linspace(0.01, 0.99, 20)))
+        if len(levels) > 1:
+            contours = ax.contour(
+                mesh_x.numpy(), mesh_y.numpy(), z, levels=levels, cmap="viridis", linewidths=0.8
+            )
+            ax.clabel(contours, contours.levels[::4], fontsize=7, fmt="%.3g")
+    return lows, highs
 
 
 def landscape_figure(
@@ -336,63 +419,26 @@ def landscape_figure(
     where it leaves for good ("diverges"). Contours get equal aspect when the two ranges are
     comparable, so the path crosses the contours at the angles it really does.
     """
-    import numpy as np
-
     dim = len(path[0])
     names = axis_names(template)
     ok = [i for i, p in enumerate(path) if all(math.isfinite(v) for v in p)]
     if not ok:
         return None
-    device, dtype = next(iter(template.values())).device, next(iter(template.values())).dtype
     figure = new_figure()
     ax = figure.add_subplot()
     anchors = [path[ok[0]]] + ([minimizer] if minimizer else [])
     (lows, highs) = view_box([path[i] for i in ok], anchors)
     if dim == 1:
-        xs = torch.linspace(lows[0], highs[0], GRID_1D, dtype=torch.float64)
-        ys = evaluate(loss, template, xs.to(device=device, dtype=dtype).unsqueeze(1))
-        ax.plot(xs.tolist(), ys.tolist(), color="tab:gray", lw=1.5, label="f")
-        fmin = None
-        if minimizer:
-            at = torch.tensor([minimizer], dtype=dtype, device=device)
-            fmin = evaluate(loss, template, at).tolist()
-        finite_f = [v for v in ys.tolist() + (fmin or []) if math.isfinite(v)]
-        inside = [
-            path_losses[i]
-            for i in ok
-            if lows[0] <= path[i][0] <= highs[0] and math.isfinite(path_losses[i])
-        ]
-        y_lo, y_hi = min(finite_f + inside), max(finite_f + inside)
-        pad = PAD / 3 * (y_hi - y_lo) if y_hi > y_lo else max(1.0, abs(y_lo)) * 0.1
-        lows, highs = [lows[0], y_lo - pad], [highs[0], y_hi + pad]
         points = [(path[i][0], path_losses[i]) for i in ok if math.isfinite(path_losses[i])]
+        lows, highs = draw_curve(ax, loss, template, lows, highs, minimizer, points)
         if not points:
             return None
-        if minimizer and fmin:
-            ax.plot(minimizer, fmin, "*", color="black", ms=12, label="minimiser", zorder=4)
         ax.set_xlabel(names[0])
         ax.set_ylabel("loss")
     else:
         if minimizer:
-            star = {"color": "black", "ms": 12, "label": "minimiser", "zorder": 4}
-            ax.plot(minimizer[:1], minimizer[1:], "*", **star)
-        equal = equal_aspect_box(lows, highs, axes_box_ratio(ax))
-        if equal is not None:
-            lows, highs = equal
-            ax.set_aspect("equal")
-        gx = torch.linspace(lows[0], highs[0], GRID_2D, dtype=torch.float64)
-        gy = torch.linspace(lows[1], highs[1], GRID_2D, dtype=torch.float64)
-        mesh_y, mesh_x = torch.meshgrid(gy, gx, indexing="ij")
-        grid = torch.stack([mesh_x.reshape(-1), mesh_y.reshape(-1)], dim=1)
-        z = evaluate(loss, template, grid.to(device=device, dtype=dtype)).numpy()
-        z = np.ma.masked_invalid(z.reshape(GRID_2D, GRID_2D))
-        if z.count() and float(z.max()) > float(z.min()):
-            levels = np.unique(np.quantile(z.compressed(), np.linspace(0.01, 0.99, 20)))
-            if len(levels) > 1:
-                contours = ax.contour(
-                    mesh_x.numpy(), mesh_y.numpy(), z, levels=levels, cmap="viridis", linewidths=0.8
-                )
-                ax.clabel(contours, contours.levels[::4], fontsize=7, fmt="%.3g")
+            draw_minimizer(ax, minimizer[0], minimizer[1])
+        lows, highs = draw_contours(ax, loss, template, lows, highs)
         points = [(path[i][0], path[i][1]) for i in ok]
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
@@ -447,7 +493,8 @@ def is_one_feature_regression(objective: Any, params: dict[str, Tensor]) -> bool
 class PlotSink:
     """Keeps the logged points; draws loss.png, landscape.png and fit.png when the run ends.
 
-    `images` (the TensorBoard sink's `add_image`) also receives each PNG as `plots/<name>`.
+    `images` (the TensorBoard sink's `add_image`) also receives each PNG as `plots/<name>`
+    (filed under `train_plots/` in TensorBoard).
     A plot that cannot be drawn is skipped with a warning: plots never fail a run.
     """
 

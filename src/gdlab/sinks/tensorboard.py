@@ -4,6 +4,20 @@ One event per log point carries every scalar of that point (loss, gradient norm,
 parameters), built from TensorBoard's own protos and appended to an `EventFile` (batched
 writes, C CRC-32C: see event_file.py). That costs a fraction of one `SummaryWriter.add_scalar`
 per tag, and avoids importing `torch.utils.tensorboard` at start-up.
+
+The tag names decide what TensorBoard shows first. Time Series (TensorBoard 2.21, webapp
+metrics/utils.ts `groupCardIdWithMetdata`, `compareTagNames`; metrics reducers) groups every
+tag of every run, images included, by the text before its first `/`, orders the groups by
+their tags' names (`/` and digits before any other character), and on a first visit opens only
+the first two groups. Hence:
+
+    train/loss, train/grad_norm, train/lr    TRAIN   first, open: the curves
+    train_params/<name>[/<i>]                PARAMS  second, open: the parameters' paths
+    train_plots/<name> (images)              PLOTS   closed: one card per run and plot
+    train_result/loss, steps, diverged, ...  RESULT  last, closed: the HParams row's metrics
+                                                     (in gdlab.sinks.hparams)
+
+`train/loss` keeps its name (gdlab.sweeps.summary reads it back for killed jobs).
 """
 
 from __future__ import annotations
@@ -21,15 +35,27 @@ from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.sinks.event_file import EventFile, ScalarEvents
 from gdlab.sinks.hparams import final_metrics, session_end_summary, session_start_summary
 
+TRAIN = "train"
+PARAMS = "train_params"
+PLOTS = "train_plots"
+
 TEXT_PLUGIN = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
 
 
 def param_scalar_tags(name: str, value: Tensor) -> list[tuple[str, float]]:
-    """`params/<name>` for a single number, `params/<name>/<i>` for each entry of a vector."""
+    """`train_params/<name>` for a single number, `train_params/<name>/<i>` for each entry of a
+    vector."""
     flat = value.reshape(-1).tolist()
     if value.dim() == 0:
-        return [(f"params/{name}", flat[0])]
-    return [(f"params/{name}/{i}", v) for i, v in enumerate(flat)]
+        return [(f"{PARAMS}/{name}", flat[0])]
+    return [(f"{PARAMS}/{name}/{i}", v) for i, v in enumerate(flat)]
+
+
+def image_tag(tag: str) -> str:
+    """The plots sink's `plots/<name>` is filed as `train_plots/<name>`, after the curves;
+    any other tag (a sweep's `race/...`) is kept."""
+    group, _, name = tag.partition("/")
+    return f"{PLOTS}/{name}" if group == "plots" and name else tag
 
 
 def text_summary(tag: str, text: str) -> Summary:
@@ -43,8 +69,9 @@ def text_summary(tag: str, text: str) -> Summary:
 
 
 class TensorBoardSink:
-    """Writes `train/loss`, `train/grad_norm`, `train/lr`, `params/...`, the config, and the
-    run's HParams session (its hyperparameters, then `final/...` metrics when it ends).
+    """Writes `train/loss`, `train/grad_norm`, `train/lr`, `train_params/...`, the config, and
+    the run's HParams session (its hyperparameters, then `train_result/...` metrics when it
+    ends).
 
     The HParams summaries go into this same event file, so each run directory is exactly one
     session in the HParams dashboard, linked to its own scalars (SummaryWriter.add_hparams
@@ -83,21 +110,22 @@ class TensorBoardSink:
 
     def log(self, record: LogRecord) -> None:
         scalars = [
-            ("train/loss", record.loss),
-            ("train/grad_norm", record.grad_norm),
-            ("train/lr", record.lr),
+            (f"{TRAIN}/loss", record.loss),
+            (f"{TRAIN}/grad_norm", record.grad_norm),
+            (f"{TRAIN}/lr", record.lr),
         ]
         for name, value in record.params.items():
             scalars.extend(param_scalar_tags(name, value))
         self.writer.add_serialized(self.scalars.encode(record.step, time.time(), scalars))
 
     def add_image(self, tag: str, png: bytes, step: int) -> None:
-        """A PNG (from the plots sink) as a TensorBoard image."""
+        """A PNG as a TensorBoard image (a run's plots as `train_plots/<name>`)."""
         from gdlab.sinks.plots import png_size
 
         width, height = png_size(png)
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-        self.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step=step)
+        value = Summary.Value(tag=image_tag(tag), image=image)
+        self.add_summary(Summary(value=[value]), step=step)
 
     def finish(self, result: RunResult) -> None:
         final = final_metrics(
@@ -105,7 +133,8 @@ class TensorBoardSink:
         )
         values = [Summary.Value(tag=tag, simple_value=v) for tag, v in final.items()]
         self.add_summary(Summary(value=values), step=result.steps)
-        if result.status != "interrupted":  # an interrupted session continues when resumed
+        # an interrupted session continues when resumed; a run without hparams has none
+        if self.session_open and result.status != "interrupted":
             self.add_summary(session_end_summary("STATUS_SUCCESS"), step=result.steps)
         self.session_open = False
         self.writer.flush()

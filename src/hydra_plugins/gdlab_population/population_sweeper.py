@@ -35,7 +35,7 @@ class PopulationSweeperConf:
     #: members per batched evaluation (null: chosen from the objective's data size)
     chunk_size: int | None = None
     #: TensorBoard HParams rows (one run directory each) per job at most; null: every member
-    hparams_members: int | None = 1000
+    hparams_members: int | None = 400
     #: sweep overrides given in the config, as Hydra's basic sweeper takes them
     params: dict[str, str] | None = None
 
@@ -53,7 +53,7 @@ class PopulationSweeper(Sweeper):
         max_members: int | None = None,
         strategy: str = "auto",
         chunk_size: int | None = None,
-        hparams_members: int | None = 1000,
+        hparams_members: int | None = 400,
         params: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -110,7 +110,7 @@ class PopulationSweeper(Sweeper):
         batch = [p.overrides for p in plans]
         self.validate_batch_is_legal(batch)  # composition errors before anything runs
         returns = list(self.launcher.launch(batch, initial_job_idx=0))
-        # A job that raised was recorded by the job itself (gdlab.sweep.job_failed) and the
+        # A job that raised was recorded by the job itself (gdlab.sweeps.job_failed) and the
         # summary shows it; as with gdlab's plain sweeps, one failure never stops the others.
         return returns
 

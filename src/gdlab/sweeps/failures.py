@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gdlab.results import write_failure
-from gdlab.sweep.jobs import RANKED
+from gdlab.sweeps.jobs import RANKED
 
 if TYPE_CHECKING:
     from gdlab.events import RunResult

@@ -14,7 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gdlab.sweep.summary import SweepSummary, print_summary, write_summary
+from gdlab.sweeps.summary import SweepSummary, print_summary, write_summary
 
 #: the summary of the last multirun that ended in this process (`last_sweep_failed`)
 _last_summary: SweepSummary | None = None

@@ -12,15 +12,15 @@ One job per module, each importing its siblings by their full path (never this p
 
 This package is imported by every run (Hydra instantiates the callback up front), so it stays
 light: no torch, no matplotlib, no TensorBoard at import time. The names below are re-exported
-for `from gdlab.sweep import ...`.
+for `from gdlab.sweeps import ...`.
 """
 
-from gdlab.sweep.callback import SweepSummaryCallback, last_sweep_failed
-from gdlab.sweep.failures import job_failed, objective_value, record_failure
-from gdlab.sweep.hparams import hparam_value, override_hparams
-from gdlab.sweep.jobs import FAILED, RANKED, JobRow, find_job_dirs, varying_keys
-from gdlab.sweep.naming import MAX_DIRNAME, job_dirname, tidy_numbers
-from gdlab.sweep.summary import (
+from gdlab.sweeps.callback import SweepSummaryCallback, last_sweep_failed
+from gdlab.sweeps.failures import job_failed, objective_value, record_failure
+from gdlab.sweeps.hparams import hparam_value, override_hparams
+from gdlab.sweeps.jobs import FAILED, RANKED, JobRow, find_job_dirs, varying_keys
+from gdlab.sweeps.naming import MAX_DIRNAME, job_dirname, tidy_numbers
+from gdlab.sweeps.summary import (
     SweepSummary,
     collect_jobs,
     headline,

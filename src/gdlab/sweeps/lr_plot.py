@@ -1,6 +1,6 @@
 """lr.png of a sweep: the final excess loss f - f* of each job against its learning rate.
 
-Drawn by `gdlab.sweep.summary.write_summary` when the learning rate varies across the jobs.
+Drawn by `gdlab.sweeps.summary.write_summary` when the learning rate varies across the jobs.
 One panel per problem (up to four), log-log axes, one line per setting of the other swept
 keys. Jobs that diverged or failed are crosses pinned at the top edge; excess losses of 0 (at
 the minimum within precision) sit on a labelled floor; each update rule's stability limit
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gdlab.plotting import MAX_PANELS, new_panels, plain_log_ticks, png_bytes, set_title, shorten
-from gdlab.sweep.jobs import RANKED, JobRow, varying_keys
+from gdlab.sweeps.jobs import RANKED, JobRow, varying_keys
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

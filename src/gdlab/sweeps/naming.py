@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gdlab.sweep.jobs import job_num
+from gdlab.sweeps.jobs import job_num
 
 #: longest job directory name kept as is (file systems allow 255 bytes per name)
 MAX_DIRNAME = 120

@@ -2,7 +2,7 @@
 
 A job directory is one with a `.hydra/overrides.yaml` under the sweep directory. `JobRow` is one
 job (or one member of a population job) as the summary and the lr plot see it. Nothing here
-reads a result; `gdlab.sweep.summary` does.
+reads a result; `gdlab.sweeps.summary` does.
 """
 
 from __future__ import annotations

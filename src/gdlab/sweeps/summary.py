@@ -17,7 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import yaml
 
 from gdlab.results import read_metrics, read_population
 from gdlab.rules import EPS, clamp_excess, rank_key, score
-from gdlab.sweep.jobs import (
+from gdlab.sweeps.jobs import (
     FAILED,
     RANKED,
     JobRow,
@@ -36,8 +36,8 @@ from gdlab.sweep.jobs import (
     split_override,
     varying_keys,
 )
-from gdlab.sweep.lr_plot import LR_PLOT, draw_lr_plot, lr_varies
-from gdlab.sweep.naming import tidy_numbers
+from gdlab.sweeps.lr_plot import LR_PLOT, draw_lr_plot, lr_varies
+from gdlab.sweeps.naming import tidy_numbers
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -447,6 +447,8 @@ class SweepSummary:
     csv_path: Path
     md_path: Path
     plot_path: Path | None = None
+    #: the race's paths.png, paths.gif, losses.png and TensorBoard run (gdlab.sweeps.race)
+    race_paths: list[Path] = field(default_factory=list)
 
     @property
     def failed(self) -> list[JobRow]:
@@ -454,7 +456,8 @@ class SweepSummary:
 
 
 def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
-    """Read every job of the sweep back and write summary.csv, summary.md (and lr.png)."""
+    """Read every job of the sweep back and write summary.csv, summary.md (and lr.png, and
+    the race's pictures when the runs share one landscape of one or two numbers)."""
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
@@ -463,6 +466,10 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
     summary = SweepSummary(sweep_dir, rows, csv_path, md_path)
     if plot and lr_varies(rows):  # matplotlib is imported only here, to draw it
         summary.plot_path = draw_lr_plot(rows, sweep_dir / LR_PLOT)
+    if plot:  # a race only where the ranked runs share one problem of one or two numbers
+        from gdlab.sweeps.race import draw_race  # torch and matplotlib only to draw
+
+        summary.race_paths = draw_race(sweep_dir, rows)
     return summary
 
 
@@ -472,6 +479,6 @@ def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> N
     print(f"gdlab: sweep {summary.sweep_dir}: {headline(summary.rows)}", file=stream)
     if summary.rows and top > 0:
         print(markdown_table(summary.rows, limit=top), file=stream)
-    written = [summary.csv_path, summary.md_path, summary.plot_path]
+    written = [summary.csv_path, summary.md_path, summary.plot_path, *summary.race_paths]
     print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
     stream.flush()
