@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -18,6 +20,31 @@ def loss_of(params: list[torch.Tensor], A: torch.Tensor) -> torch.Tensor:
     return (y * y).sum() + 0.01 * (x**4).sum() + (A * W).sum()
 
 
+def assert_steps_equal(rule: UpdateRule, make_reference: Any, lr: float, steps: int) -> None:
+    """Train the same start with our rule and torch.optim's, step for step, float64."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    start = [
+        torch.randn(3, 4, generator=gen, dtype=torch.float64),
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    ]
+    ours = [t.clone().requires_grad_(True) for t in start]
+    theirs = [t.clone().requires_grad_(True) for t in start]
+    reference = make_reference(theirs)
+    for _ in range(steps):
+        loss_of(ours, A).backward()
+        with torch.no_grad():
+            rule.step(ours, lr)
+        for p in ours:
+            p.grad.zero_()
+        reference.zero_grad()
+        loss_of(theirs, A).backward()
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
@@ -31,28 +58,8 @@ def loss_of(params: list[torch.Tensor], A: torch.Tensor) -> torch.Tensor:
     ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )
 def test_update_rule_equals_torch_sgd(settings: dict) -> None:
-    gen = torch.Generator().manual_seed(0)
-    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    start = [
-        torch.randn(3, 4, generator=gen, dtype=torch.float64),
-        torch.randn(4, generator=gen, dtype=torch.float64),
-    ]
-    ours = [t.clone().requires_grad_(True) for t in start]
-    theirs = [t.clone().requires_grad_(True) for t in start]
     rule = UpdateRule(SGDSettings(**settings))
-    reference = torch.optim.SGD(theirs, **settings)
-    for _ in range(25):
-        loss_of(ours, A).backward()
-        with torch.no_grad():
-            rule.step(ours, settings["lr"])
-        for p in ours:
-            p.grad.zero_()
-        reference.zero_grad()
-        loss_of(theirs, A).backward()
-        reference.step()
-        for a, b in zip(ours, theirs, strict=True):
-            assert torch.isfinite(a).all()
-            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    assert_steps_equal(rule, lambda ps: torch.optim.SGD(ps, **settings), settings["lr"], 25)
 
 
 ADAPTIVE = [
@@ -90,29 +97,10 @@ def test_adaptive_rules_equal_torch_optim_step_for_step(
 ) -> None:
     from gdlab.optim import RULES
 
-    gen = torch.Generator().manual_seed(0)
-    A = torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    start = [
-        torch.randn(3, 4, generator=gen, dtype=torch.float64),
-        torch.randn(4, generator=gen, dtype=torch.float64),
-    ]
-    ours = [t.clone().requires_grad_(True) for t in start]
-    theirs = [t.clone().requires_grad_(True) for t in start]
     lr = 0.01
     update = UpdateRule(RULES[rule][1](lr=lr, **settings))
-    reference = reference_class(theirs, lr=lr, **torch_arguments(rule, settings))
-    for _step in range(30):
-        loss_of(ours, A).backward()
-        with torch.no_grad():
-            update.step(ours, lr)
-        for p in ours:
-            p.grad.zero_()
-        reference.zero_grad()
-        loss_of(theirs, A).backward()
-        reference.step()
-        for a, b in zip(ours, theirs, strict=True):
-            assert torch.isfinite(a).all()
-            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    arguments = torch_arguments(rule, settings)
+    assert_steps_equal(update, lambda ps: reference_class(ps, lr=lr, **arguments), lr, 30)
 
 
 def test_clipping_equals_clip_grad_norm() -> None:

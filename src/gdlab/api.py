@@ -277,16 +277,9 @@ def load(dir: PathLike) -> Run:
 
 def load_sweep(dir: PathLike) -> Sweep:
     """The sweep in `dir`, read back from its jobs' files (also one that was interrupted)."""
-    from gdlab.sweeps.jobs import find_job_dirs
+    from gdlab.sweeps.jobs import check_sweep_dir
 
-    path = Path(dir)
-    if not path.is_dir():
-        raise GdlabError(f"{path}: no such sweep directory")
-    if (path / "metrics.json").exists() and (path / ".hydra").is_dir():
-        raise GdlabError(f"{path} is a single run's directory; read it with gdlab.load")
-    if not find_job_dirs(path):
-        raise GdlabError(f"{path}: no job directories (none with a .hydra/overrides.yaml)")
-    return Sweep(path)
+    return Sweep(check_sweep_dir(Path(dir), "read it with gdlab.load"))
 
 
 def _event_files(path: Path) -> list[Path]:

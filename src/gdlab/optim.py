@@ -241,13 +241,14 @@ def adam(
     neg_step_size = -(lr / (1 - beta1**step))  # type: ignore[operator]
     decay = 1 - lr * weight_decay if decoupled and _on(weight_decay) else None  # type: ignore[operator]
     coefficients = (keep1, beta2, keep2, bias_correction2_sqrt, eps, neg_step_size, decay)
+    coupled_decay = decay is None and _on(weight_decay)
     for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         w1, b2, w2, root, e, size, shrink = (
             [_scale(c, param) for c in coefficients] if members else coefficients
         )
         if shrink is not None:
             param.mul_(shrink)  # AdamW: decoupled decay, param *= 1 - lr * weight_decay
-        elif _on(weight_decay):
+        elif coupled_decay:
             grad = _add_scaled(grad, param, weight_decay)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
         exp_avg.lerp_(grad, w1)
@@ -382,9 +383,10 @@ class UpdateRule:
                 p.add_(p.grad, alpha=-lr)
 
     def _step(self, params: list[Tensor], lr: float) -> None:
-        active = [i for i, p in enumerate(params) if p.grad is not None]
+        grads = [p.grad for p in params]
+        active = [i for i, g in enumerate(grads) if g is not None]
         if len(active) == len(params):  # the common case: every parameter is used
-            self.update(params, [p.grad for p in params], self.state, lr=lr, **self.hyper)
+            self.update(params, grads, self.state, lr=lr, **self.hyper)
             return
         # a parameter without gradient is left alone, its buffers too
         sub = {k: v if not isinstance(v, list) else [v[i] for i in active]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gdlab.errors import GdlabError
-from gdlab.sweeps.jobs import find_job_dirs
+from gdlab.sweeps.jobs import check_sweep_dir
 from gdlab.sweeps.summary import print_summary, write_summary
 
 
@@ -33,15 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report(sweep_dir: Path, top: int = 10, plot: bool = True) -> int:
     """Write the summary of `sweep_dir` and print its top; returns the number of jobs."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise GdlabError(f"{sweep_dir}: no such directory (give a sweep directory)")
-    if (sweep_dir / "metrics.json").exists() and (sweep_dir / ".hydra").is_dir():
-        raise GdlabError(f"{sweep_dir} is a single run's directory; give a sweep directory")
-    if not find_job_dirs(sweep_dir):
-        raise GdlabError(
-            f"{sweep_dir}: no job directories (none with a .hydra/overrides.yaml) under it"
-        )
+    sweep_dir = check_sweep_dir(Path(sweep_dir), "give a sweep directory")
     summary = write_summary(sweep_dir, plot=plot)
     print_summary(summary, top=top)
     return len(summary.rows)

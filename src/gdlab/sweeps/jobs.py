@@ -90,3 +90,18 @@ def job_num(job_dir: Path) -> int | None:
         return int(hydra_yaml["hydra"]["job"]["num"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return None
+
+
+def check_sweep_dir(path: Path, single_run_hint: str) -> Path:
+    """`path` if it is a sweep directory (one with job directories under it); otherwise one
+    line saying what it is. `single_run_hint` says what to do with a single run's directory."""
+    from gdlab.errors import GdlabError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise GdlabError(f"{path}: no such directory (give a sweep directory)")
+    if (path / "metrics.json").exists() and (path / ".hydra").is_dir():
+        raise GdlabError(f"{path} is a single run's directory; {single_run_hint}")
+    if not find_job_dirs(path):
+        raise GdlabError(f"{path}: no job directories (none with a .hydra/overrides.yaml) under it")
+    return path
