@@ -53,7 +53,12 @@ class ConsoleSink:
 
     def start(self, info: RunInfo) -> None:
         if self.enabled:
-            from tqdm import tqdm  # only on a terminal: the import costs start-up time
+            # only when shown: the import costs start-up time; in a Jupyter kernel the
+            # notebook's widget bar (tqdm falls back to text without ipywidgets)
+            if "ipykernel" in sys.modules:
+                from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
 
             self.bar = tqdm(
                 total=info.steps, desc=info.objective, unit="step", file=self.stream, leave=False
