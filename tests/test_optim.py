@@ -208,3 +208,19 @@ def test_settings_table_builds_the_schema_and_the_member_columns() -> None:
         assert set(Members.build(1, base, rule).columns) == {
             s.name for s in SETTINGS if s.batchable and s.applies(rule)
         }
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw", "rmsprop", "adagrad"])
+def test_a_parameter_whose_first_gradient_comes_late_gets_its_state_then(rule: str) -> None:
+    from gdlab.optim import RULES
+
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    update = UpdateRule(RULES[rule][1](lr=0.01))
+    for step in range(4):
+        loss = (a**2).sum() + ((b**2).sum() if step >= 2 else 0.0)  # b joins at step 2
+        loss.backward()
+        with torch.no_grad():
+            update.step([a, b], 0.01)
+        a.grad = b.grad = None
+    assert float(b.detach()) < 3.0 and torch.isfinite(b).all()

@@ -133,3 +133,12 @@ def test_scores_order_runs_as_the_ranking_promises() -> None:
     assert score("finished", 5.0, 0.0, 5.0, 2e-7, 10, eps) < score(
         "finished", 5.0, 0.0, 5.0, 2e-7, 11, eps
     )
+
+
+def test_geometric_growth_is_judged_per_step_when_the_last_point_comes_early() -> None:
+    # growth 1.44 per step, logged every 3 steps, the final point 1 step after the last log
+    steps = [0, 3, 6, 9, 12, 13]
+    history = [100.0 + 1.44**s for s in steps]
+    eps = precision("float64")
+    assert end_code(1e9, history, eps, steps=steps) == LOSS_GROWS
+    assert end_code(1e9, history, eps) == GO_ON  # read as evenly spaced, the last rise is small

@@ -117,7 +117,7 @@ def sweep(
     GdlabError for a user mistake, KeyboardInterrupt after Ctrl-C (the jobs that ran stay
     on disk: `gdlab.load_sweep(dir)` reads them).
     """
-    args = _overrides(overrides, "gdlab.sweeps")
+    args = _overrides(overrides, "gdlab.sweep")
     args, given = _take(args, "hydra.sweep.dir", dir, "dir")
     sweep_dir = Path(given) if given is not None else _fresh_dir(Path("outputs") / "multirun")
     _check_new(sweep_dir)

@@ -18,7 +18,7 @@ from gdlab.errors import GdlabError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "gdlab-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the update rule's state (optimizer_state); 1: SGD's momentum_buffers
 #: statuses a run can be resumed from; the others mean the run is over
 RESUMABLE = ("running", "interrupted")
 REQUIRED = {

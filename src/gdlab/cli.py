@@ -53,7 +53,8 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
     """One run: resume if asked, train, report; SystemExit(130/143) when interrupted by a
     signal (`main` returns that code).
 
-    Returns the final loss (infinity when diverged): the value an Optuna sweeper minimises."""
+    Returns the run's score (gdlab.rules.score; infinity when diverged): what a sweeper such
+    as Optuna minimises, so its best is gdlab's rank 1."""
     from gdlab.experiment import run_experiment  # after Hydra has parsed the command line
 
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -23,7 +23,7 @@ from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import UpdateRule, settings_for
 from gdlab.problem import Problem, build_problem
-from gdlab.rules import lr_limit
+from gdlab.rules import rule_lr_limit
 from gdlab.schedules import make_schedule
 from gdlab.settings import HPARAM_KEYS, settings_of
 from gdlab.sinks.console import ConsoleSink
@@ -93,15 +93,9 @@ def main_hparams(problem: Problem, values: dict[str, Any] | None = None) -> dict
 
 
 def run_lr_limit(problem: Problem, values: dict[str, Any]) -> float | None:
-    """The largest stable lr for this run's update rule, where the curvature is known (SGD's
-    rules only: the adaptive rules have none that is classical)."""
-    if values["optimizer.name"] != "sgd":
-        return None
-    return lr_limit(problem.curvature(), **optimizer_arguments(values, LIMIT_ARGUMENTS))
-
-
-#: the optimizer settings the stability limit depends on
-LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
+    """The largest stable lr for this run's update rule, where it is known."""
+    rule = values["optimizer.name"]
+    return rule_lr_limit(rule, problem.curvature(), optimizer_arguments(values))
 
 
 def optimizer_arguments(values: dict[str, Any], names: Any = None) -> dict[str, Any]:

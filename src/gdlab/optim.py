@@ -188,12 +188,13 @@ def _scale(value: Hyper, like: Tensor) -> Any:
 
 
 def _new_buffers(state: dict[str, Any], name: str, params: list[Tensor], fill: Hyper = 0.0):
-    """state[name]: one buffer per parameter, created at the first step (filled with `fill`,
-    a number or a per-member tensor)."""
-    if name not in state:
-        state[name] = [torch.zeros_like(p) + _scale(fill, p) if _on(fill) else torch.zeros_like(p)
-                       for p in params]  # fmt: skip
-    return state[name]
+    """state[name]: one buffer per parameter, created when first needed (filled with `fill`,
+    a number or a per-member tensor); also for a parameter whose first gradient comes late."""
+    buffers = state.setdefault(name, [None] * len(params))
+    for i, p in enumerate(params):
+        if buffers[i] is None:
+            buffers[i] = torch.zeros_like(p) + _scale(fill, p) if _on(fill) else torch.zeros_like(p)
+    return buffers
 
 
 def _addcmul_(target: Tensor, a: Tensor, b: Tensor, value: Any) -> None:
@@ -231,8 +232,8 @@ def adam(
     the moment buffers at the first step. `state["step"]` counts the steps taken."""
     if clip_norm is not None:
         grads = clip_grad_norm(grads, clip_norm, members)
-    exp_avgs = state.get("exp_avg") or _new_buffers(state, "exp_avg", params)
-    exp_avg_sqs = state.get("exp_avg_sq") or _new_buffers(state, "exp_avg_sq", params)
+    exp_avgs = _new_buffers(state, "exp_avg", params)
+    exp_avg_sqs = _new_buffers(state, "exp_avg_sq", params)
     max_sqs = _new_buffers(state, "max_exp_avg_sq", params) if amsgrad else None
     state["step"] = step = state.get("step", 0) + 1
     # per-call coefficients: numbers, or per-member tensors shaped for each parameter below

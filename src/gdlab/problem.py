@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,8 +45,9 @@ class Problem:
     fields: dict[str, Any]
 
     def record(self) -> dict[str, Any]:
-        """The problem as results record it: runs are ranked only against the same problem."""
-        return {"name": self.name, "fields": self.fields}
+        """The problem as results record it: runs are ranked only against the same problem
+        (the same objective, fields and dtype: precision decides what counts as at f*)."""
+        return {"name": self.name, "fields": self.fields, "dtype": self.dtype_name}
 
     @property
     def mini_batch(self) -> bool:
@@ -168,11 +170,19 @@ def build_problem(cfg: DictConfig) -> Problem:
 
 def objective_choice(cfg: DictConfig) -> str | None:
     """The objective option the command line chose (`saddle`, a preset of `multivariate`),
-    when Hydra composed this run; None otherwise (or for a resumed run, whose command chose
-    nothing)."""
+    when Hydra composed this run (for a resumed run: the choice its first command recorded in
+    its `.hydra/hydra.yaml`); None otherwise."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or cfg.trainer.get("resume") is not None:
+    resume = cfg.trainer.get("resume")
+    if resume is not None:
+        try:
+            saved = OmegaConf.load(Path(str(resume)) / ".hydra" / "hydra.yaml")
+            choice = OmegaConf.select(saved, "hydra.runtime.choices.objective")
+        except (OSError, ValueError):
+            return None
+    elif HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("objective")
+    else:
         return None
-    choice = HydraConfig.get().runtime.choices.get("objective")
     return None if choice is None else str(choice)

@@ -124,12 +124,20 @@ def stop_reason(
     raise ValueError(f"stop code {code} stops nothing")
 
 
-def end_code(initial: Any, history: Sequence[Any], eps: float, trend: bool = True) -> Any:
+def end_code(
+    initial: Any,
+    history: Sequence[Any],
+    eps: float,
+    trend: bool = True,
+    steps: Sequence[int] | None = None,
+) -> Any:
     """The verdict on a run that spent its step budget: LOSS_ROSE when its final loss
     (`history[-1]`, on the full objective) is above its initial loss on the same objective
     beyond the dtype's precision, LOSS_GROWS when its loss rose at each of the last
-    `TREND_POINTS` log points by steps growing at least 5% each time (geometric growth, as an
-    unstable run's does), else GO_ON. For numbers or [K] tensors.
+    `TREND_POINTS` log points (at `steps`) by rises per step growing at least 5% each time
+    (geometric growth, as an unstable run's does; per step, because the final point often
+    follows the last log point sooner than the log interval), else GO_ON. For numbers or [K]
+    tensors.
 
     A run that starts at the minimum and stays there differs from its start by rounding
     only: never condemned. `trend=False` (mini-batch runs, whose logged losses are noisy
@@ -140,10 +148,15 @@ def end_code(initial: Any, history: Sequence[Any], eps: float, trend: bool = Tru
     code: Any = rose * LOSS_ROSE
     if trend and len(history) >= TREND_POINTS:
         last = list(history[-TREND_POINTS:])
+        at = list(range(TREND_POINTS))  # evenly spaced, unless the steps are known
+        if steps is not None and len(steps) >= TREND_POINTS:
+            at = list(steps[-TREND_POINTS:])
         grows: Any = True
-        for a, b, c in zip(last, last[1:], last[2:], strict=False):
-            step, next_step = b - a, c - b
-            grows = grows & (step > ULPS * eps * abs(b)) & (next_step > 1.05 * step)
+        for i in range(TREND_POINTS - 2):
+            gap, next_gap = max(at[i + 1] - at[i], 1), max(at[i + 2] - at[i + 1], 1)
+            rise, next_rise = last[i + 1] - last[i], last[i + 2] - last[i + 1]
+            grows = grows & (rise > ULPS * eps * abs(last[i + 1]))
+            grows = grows & (next_rise / next_gap > 1.05 * rise / gap)
         code = code + (code == GO_ON) * grows * LOSS_GROWS
     return code
 
@@ -154,11 +167,9 @@ def end_reason(code: int, initial: float, history: Sequence[float]) -> str:
     if code == LOSS_ROSE:
         return f"loss rose from {initial:.6g} to {final:.6g}"
     if code == LOSS_GROWS:
-        last = history[-TREND_POINTS:]
-        ratio = (last[-1] - last[-2]) / (last[-2] - last[-3])
         return (
             f"loss grows geometrically: up at each of the last {TREND_POINTS} log points, "
-            f"each rise {ratio:.3g}x the one before, to {final:.6g}"
+            f"faster each time, to {final:.6g}"
         )
     raise ValueError(f"end code {code} condemns nothing")
 
@@ -323,3 +334,15 @@ def lr_limit(
     if dampening >= 1.0:
         return None  # the momentum buffer never moves: no step at all
     return 2.0 * (1.0 + momentum) / ((1.0 - dampening) * curv)
+
+
+#: the hyperparameters SGD's stability limit depends on
+LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
+
+
+def rule_lr_limit(rule: str, L: float | None, hyper: dict[str, Any]) -> float | None:
+    """`lr_limit` for the update rule `rule` with hyperparameters `hyper` (by name): SGD's
+    rules have one; for the adaptive rules none is classical (None)."""
+    if rule != "sgd":
+        return None
+    return lr_limit(L, **{k: hyper[k] for k in LIMIT_ARGUMENTS if k in hyper})

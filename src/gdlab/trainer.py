@@ -15,8 +15,8 @@ parameter is not finite or a parameter's norm exceeds `divergence_bound`. Betwee
 nothing is read back, so a CUDA run never waits on the host.
 
 Every `checkpoint_every` steps, at the end, and when an interrupt is requested, the trainer
-hands its state (step, parameters, momentum buffers, mini-batch RNG) to a checkpoint callback;
-`load_state_dict` puts it back so the continued run is the uninterrupted one, bit for bit.
+hands its state (step, parameters, the update rule's buffers, mini-batch RNG) to a checkpoint
+callback; `load_state_dict` puts it back so the continued run is the uninterrupted one, bit for bit.
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ class Trainer:
         #: the full objective at the start, and the last log points' losses: the end verdict
         self.initial_loss: float | None = None
         self.history: list[float] = []
+        self.history_steps: list[int] = []
 
     def run(self) -> RunResult:
         params, settings, tensors = self.params, self.settings, self._tensors
@@ -285,6 +286,7 @@ class Trainer:
             if step == 0:
                 self.initial_loss = loss_value
             self.history = [*self.history[1 - TREND_POINTS :], loss_value]
+            self.history_steps = [*self.history_steps[1 - TREND_POINTS :], step]
         record = LogRecord(step, loss_value, grad_value, lr, small)
         if log:
             for sink in self.sinks:
@@ -299,7 +301,9 @@ class Trainer:
         history = self.history
         if self.sampler is not None:  # judged on the full objective only
             history = [final.loss]
-        code = end_code(self.initial_loss, history, self.eps, trend=self.sampler is None)
+        code = end_code(
+            self.initial_loss, history, self.eps, self.sampler is None, self.history_steps
+        )
         if code == GO_ON:
             return None
         return STOP_STATUS[code], end_reason(code, self.initial_loss, history)
@@ -331,6 +335,7 @@ class Trainer:
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
             "initial_loss": self.initial_loss,
             "history": list(self.history),
+            "history_steps": list(self.history_steps),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -351,6 +356,7 @@ class Trainer:
         self.start_step = int(state["step"])
         self.initial_loss = state.get("initial_loss")
         self.history = list(state.get("history") or [])
+        self.history_steps = list(state.get("history_steps") or [])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
 
 

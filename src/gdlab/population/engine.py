@@ -2,11 +2,11 @@
 
 Parameters carry a leading member dimension K; `BatchedLoss` gives every member's loss and
 gradient at once, and each step applies the rule book's own functions with per-member
-hyperparameters: the update (`gdlab.optim.sgd`), the schedule (`gdlab.schedules.lr_at`),
-the mini-batch order (`gdlab.batches.BatchSampler`) and, at the plain trainer's log points,
-the stop rules (`gdlab.rules.stop_code`). A stopped member is frozen with its step and status
-and leaves the working set; the job ends when every member has stopped or the step budget is
-spent. Each member's result equals the plain run with the same settings
+hyperparameters: the update (the rule's function in `gdlab.optim`), the schedule
+(`gdlab.schedules.lr_at`), the mini-batch order (`gdlab.batches.BatchSampler`) and, at the plain
+trainer's log points, the stop rules (`gdlab.rules.stop_code`). A stopped member is frozen with
+its step and status and leaves the working set; the job ends when every member has stopped or
+the step budget is spent. Each member's result equals the plain run with the same settings
 (tests/test_population.py).
 """
 
@@ -30,6 +30,7 @@ from gdlab.population.batching import BatchedLoss, auto_chunk_size, rows_of
 from gdlab.population.members import Members, member_base
 from gdlab.rules import (
     GO_ON,
+    LIMIT_ARGUMENTS,
     STOP_STATUS,
     TREND_POINTS,
     Status,
@@ -38,8 +39,8 @@ from gdlab.rules import (
     distance_to_minimizer,
     end_code,
     end_reason,
-    lr_limit,
     precision,
+    rule_lr_limit,
     score,
     stop_code,
     stop_reason,
@@ -139,22 +140,20 @@ class PopulationTrainer:
         self.interrupt = interrupt
         self.batched = BatchedLoss(objective.loss, strategy, self.chunk_size)
         self.mini_batch = uses_mini_batches(objective)
-        #: L, the largest Hessian eigenvalue where it is constant: each member's lr limit
-        self.curvature = curvature(objective, self.mini_batch)
+        #: L, the largest Hessian eigenvalue where it is constant (SGD's members' lr limit)
+        self.curvature = curvature(objective, self.mini_batch) if members.rule == "sgd" else None
         self.eps = precision(dtype)
 
     def lr_limits(self) -> list[float | None]:
-        """Each member's largest stable lr (gdlab.rules.lr_limit), once per distinct setting;
-        known for SGD only (None for the adaptive rules)."""
+        """Each member's largest stable lr (gdlab.rules.rule_lr_limit), once per distinct
+        setting."""
         m, cache = self.members, {}
-        if m.rule != "sgd":
-            return [None] * len(m)
+        names = [n for n in LIMIT_ARGUMENTS if n in m.columns]
         out: list[float | None] = []
-        for row in zip(
-            m.momentum, m.dampening, m.nesterov, m.weight_decay, m.clip_norm, strict=True
-        ):
+        for row in zip(*(m.columns[n] for n in names), strict=True) if names else [()] * len(m):
             if row not in cache:
-                cache[row] = lr_limit(self.curvature, *row)
+                hyper = dict(zip(names, row, strict=True))
+                cache[row] = rule_lr_limit(m.rule, self.curvature, hyper)
             out.append(cache[row])
         return out
 
@@ -271,6 +270,7 @@ class _Final:
         self.params = {k: torch.empty_like(v) for k, v in params.items()}
         self.initial: Tensor | None = None  # float64 [members]: the full objective at step 0
         self.history: Tensor | None = None  # float64 [rows, <= TREND_POINTS]: recent losses
+        self.history_steps: list[int] = []  # ... logged at these steps (the same for all rows)
 
     def check(
         self,
@@ -330,6 +330,7 @@ class _Final:
         if mini_batch:
             return  # logged losses are batch losses: the end verdict uses the full objective
         column = loss64.reshape(-1, 1)
+        self.history_steps = [*self.history_steps[1 - TREND_POINTS :], step]
         if self.history is None:
             self.history = column
         else:
@@ -355,7 +356,7 @@ class _Final:
             history = [rows_of(loss64, rest)]
         else:
             history = list(rows_of(self.history, rest).T)
-        codes = end_code(initial, history, trainer.eps, trend=not trainer.mini_batch)
+        codes = end_code(initial, history, trainer.eps, not trainer.mini_batch, self.history_steps)
         condemned = (codes != GO_ON).nonzero().reshape(-1)
         for block in _row_blocks(condemned):
             block_members = rows_of(members, block).tolist()

@@ -17,7 +17,7 @@ import torch
 
 from gdlab.errors import GdlabError
 from gdlab.optim import RULES, Hyper
-from gdlab.settings import MEMBER_KEYS, coerce, member_keys, member_problems
+from gdlab.settings import BY_KEY, MEMBER_KEYS, coerce, member_keys, member_problems
 
 
 class Members:
@@ -111,7 +111,8 @@ class Members:
         out: dict[str, Hyper] = {}
         for name in (f.name for f in dataclasses.fields(RULES[self.rule][1])):
             if name not in self.columns:
-                out[name] = (shared or {})[f"optimizer.{name}"]
+                key = f"optimizer.{name}"
+                out[name] = (shared or {}).get(key, BY_KEY[key].default_for(self.rule))
                 continue
             column = self.columns[name]
             if name != "lr" and not any(v for v in column):

@@ -76,7 +76,10 @@ def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         row.momentum = _number((config.get("optimizer") or {}).get("momentum"))
         fields = dict(config.get("objective") or {})
         fields.pop("_target_", None)
-        row.problem = problem_key({"name": objective_choice(job_dir), "fields": fields})
+        dtype = (config.get("device") or {}).get("dtype")
+        row.problem = problem_key(
+            {"name": objective_choice(job_dir), "fields": fields, "dtype": dtype}
+        )
     except (OSError, AttributeError, yaml.YAMLError):
         pass
     metrics = read_metrics(job_dir)  # None: no metrics.json; unreadable: a failed record
@@ -215,26 +218,28 @@ def problem_key(problem: dict[str, Any]) -> str:
 
 def problem_labels(rows: Sequence[JobRow]) -> None:
     """Replace each row's problem key by a short label: the objective's name, plus the fields
-    that tell problems of the same name apart (`quadratic a=2`)."""
-    decoded = {}
+    (and dtype) that tell problems of the same name apart (`quadratic a=2`)."""
+    decoded: dict[str, dict[str, Any]] = {}
     for key in {r.problem for r in rows}:
         try:
-            decoded[key] = json.loads(key) if key else {}
+            problem = json.loads(key) if key else {}
         except ValueError:
-            decoded[key] = {}
-    names: dict[str, list[dict[str, Any]]] = {}
+            problem = {}
+        fields = dict(problem.get("fields") or {})
+        if problem.get("dtype"):
+            fields["dtype"] = problem["dtype"]
+        name = str(problem.get("name") or fields.get("_target_", "?")).rsplit(".", 1)[-1]
+        decoded[key] = {"name": name, "fields": fields}
+    siblings: dict[str, list[dict[str, Any]]] = {}
     for problem in decoded.values():
-        name = str(problem.get("name") or problem.get("fields", {}).get("_target_", "?"))
-        names.setdefault(name, []).append(problem.get("fields") or {})
+        siblings.setdefault(problem["name"], []).append(problem["fields"])
     labels = {}
     for key, problem in decoded.items():
-        fields = problem.get("fields") or {}
-        name = str(problem.get("name") or fields.get("_target_", "?")).rsplit(".", 1)[-1]
-        siblings = names.get(str(problem.get("name") or fields.get("_target_", "?")), [])
+        fields, others = problem["fields"], siblings[problem["name"]]
         varying = sorted(
-            k for k in fields if len({json.dumps(f.get(k), default=str) for f in siblings}) > 1
+            k for k in fields if len({json.dumps(f.get(k), default=str) for f in others}) > 1
         )
-        labels[key] = " ".join([name, *(f"{k}={fields[k]}" for k in varying)])
+        labels[key] = " ".join([problem["name"], *(f"{k}={fields[k]}" for k in varying)])
     for row in rows:
         row.problem = labels.get(row.problem, row.problem)
 
