@@ -278,7 +278,6 @@ def curvature(objective: Any, mini_batch: bool) -> float | None:
     """L, the largest eigenvalue of the Hessian, where it is the same everywhere (a convex
     quadratic: the 1-D quadratic, a positive definite quadratic form, the full-batch
     regression) or the objective states it (`lipschitz`); else None."""
-    import torch
 
     from gdlab.objectives.linear_regression import LinearRegression
     from gdlab.objectives.multivariate import QuadraticForm
@@ -290,10 +289,9 @@ def curvature(objective: Any, mini_batch: bool) -> float | None:
     elif isinstance(objective, QuadraticForm):
         hessian_max = objective.lipschitz if objective.positive_definite else None
     elif isinstance(objective, LinearRegression) and not mini_batch:
-        # MSE is the quadratic (1/n)|D theta - y|^2 in theta = (w, b), D = [X, 1]: H = 2 D^T D / n
-        design = torch.cat([objective.X, torch.ones_like(objective.X[:, :1])], dim=1).double()
-        hessian = 2.0 * design.T @ design / design.shape[0]
-        hessian_max = float(torch.linalg.eigvalsh(hessian.cpu()).max())
+        # MSE is the quadratic (1/n)|D theta - y|^2 in theta = (w, b), D = [X, 1]: H = 2 D^T D / n,
+        # from the normal equations its setup solved (row chunks, no float64 copy of X)
+        hessian_max = objective.hessian_max
     elif isinstance(getattr(objective, "lipschitz", None), int | float):
         hessian_max = float(objective.lipschitz)  # a plugin that states its curvature bound
     if hessian_max is None or not hessian_max > 0:

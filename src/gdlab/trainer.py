@@ -35,6 +35,7 @@ from gdlab.events import SMALL_PARAM_NUMEL, LogRecord, RunResult, Sink
 from gdlab.objectives.base import Params
 from gdlab.optim import UpdateRule
 from gdlab.rules import (
+    EPS,
     GO_ON,
     STOP_STATUS,
     TREND_POINTS,
@@ -227,8 +228,8 @@ class Trainer:
         if self.minimizer:
             batched = {k: v.detach().unsqueeze(0) for k, v in params.items()}  # K = 1
             distance = float(distance_to_minimizer(batched, self.minimizer)[0])
-        loss64 = record.loss
-        if self.loss64 is not None and math.isfinite(record.loss):
+        loss64 = record.loss  # a float64 run's own loss is already float64
+        if self.loss64 is not None and math.isfinite(record.loss) and self.eps > EPS["float64"]:
             with torch.no_grad():
                 loss64 = self.loss64(params)
         excess = clamp_excess(loss64, self.minimum)

@@ -34,13 +34,9 @@ def mean_squared_residual(X: Tensor, y: Tensor, solution: Tensor, chunk_rows: in
     return total / n
 
 
-def least_squares(X: Tensor, y: Tensor, chunk_rows: int = 65536) -> Tensor:
-    """Ordinary least squares for y ~ X w + b in float64, as [w..., b].
-
-    Through the normal equations, accumulated over row chunks (no float64 copy of X is ever
-    whole in memory) and a Cholesky solve: the same bits every time, where LAPACK's threaded
-    `lstsq` varied in the last ones from run to run.
-    """
+def normal_equations(X: Tensor, y: Tensor, chunk_rows: int = 65536) -> tuple[Tensor, Tensor]:
+    """D^T D and D^T y in float64 for the design D = [X, 1], accumulated over row chunks (no
+    float64 copy of X is ever whole in memory)."""
     n, d = X.shape
     gram = torch.zeros(d + 1, d + 1, dtype=torch.float64)
     moment = torch.zeros(d + 1, dtype=torch.float64)
@@ -53,6 +49,16 @@ def least_squares(X: Tensor, y: Tensor, chunk_rows: int = 65536) -> Tensor:
         moment[d] += targets.sum()
     gram[d, :d] = gram[:d, d]
     gram[d, d] = n
+    return gram, moment
+
+
+def least_squares(X: Tensor, y: Tensor, chunk_rows: int = 65536) -> Tensor:
+    """Ordinary least squares for y ~ X w + b in float64, as [w..., b].
+
+    Through the normal equations and a Cholesky solve: the same bits every time, where
+    LAPACK's threaded `lstsq` varied in the last ones from run to run.
+    """
+    gram, moment = normal_equations(X, y, chunk_rows)
     return torch.cholesky_solve(moment.unsqueeze(1), torch.linalg.cholesky(gram)).squeeze(1)
 
 
@@ -101,7 +107,11 @@ class LinearRegression(Objective):
         w_true = torch.tensor(self.true_w, device=device, dtype=dtype)
         self.y = self.X @ w_true + self.true_b + noise
         self._x = self.X[:, 0] if d == 1 else None  # one feature: the fast path in `loss`
-        solution = least_squares(self.X, self.y)  # float64
+        gram, moment = normal_equations(self.X, self.y)  # float64
+        solution = torch.cholesky_solve(moment.unsqueeze(1), torch.linalg.cholesky(gram))
+        solution = solution.squeeze(1)
+        #: the full-batch MSE's Hessian is 2 D^T D / n: its largest eigenvalue, L
+        self.hessian_max = float(torch.linalg.eigvalsh(2.0 * gram / n).max())
         self.minimizer = {
             "w": solution[:d].to(device=device, dtype=dtype),
             "b": solution[d:].to(device=device, dtype=dtype),
