@@ -20,6 +20,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -73,6 +74,17 @@ def gdlab_experiment(
     return build(cfg, None)
 
 
+def forward_backward(trainer: Any) -> None:
+    """The trainer's step up to `loss.backward()` (its loop body, as trainer.py writes it)."""
+    params = trainer.params
+    if trainer.chunked is not None:
+        trainer.chunked(params)
+    elif trainer.sampler is not None:
+        trainer.loss_fn(params, trainer.sampler.next()).backward()
+    else:
+        trainer.loss_fn(params).backward()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -98,7 +110,7 @@ def main() -> None:
         tensors = list(params.values())
 
         def step() -> None:
-            trainer.loss_and_grad(params)
+            forward_backward(trainer)
             with torch.no_grad():
                 trainer.rule.step(tensors, 0.01)
             for p in tensors:
@@ -115,8 +127,7 @@ def main() -> None:
             trainer = experiment.trainer
             chunks = [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
 
-            trainer.full_loss_and_grad = backward_in_chunks(objective.loss, chunks, n)
-            trainer.loss_and_grad = trainer.full_loss_and_grad
+            trainer.chunked = backward_in_chunks(objective.loss, chunks, n)
             chunked[rows] = timed(gdlab_step(trainer), args.repeats, device)
     params = experiment.trainer.params
 
@@ -186,7 +197,7 @@ def main() -> None:
 
     def gdlab_epoch() -> None:
         for _ in range(epoch_steps):
-            mini.trainer.loss_and_grad(mini.trainer.params)
+            forward_backward(mini.trainer)
             with torch.no_grad():
                 mini.trainer.rule.step(mini_params, 0.01)
             for p in mini_params:
