@@ -17,14 +17,15 @@ import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gdlab import settings
 from gdlab.errors import GdlabError
 from gdlab.settings import BATCHABLE, BY_KEY
 
@@ -129,34 +130,32 @@ _NODES: dict[str, Any] = {}
 def coerce(key: str, value: Any) -> Any:
     """A swept value converted as the config schema converts it (`'0.1'` -> 0.1, `true`).
 
-    Numbers and booleans of the right kind are converted directly (a 10,000-value range must
-    not build 10,000 config nodes); anything else goes through the schema's own node.
+    Numbers and booleans of the right kind go through the settings table's own conversion
+    (a 10,000-value range must not build 10,000 config nodes); anything else (a quoted
+    number, say) through a one-field structured node typed as the table says.
     """
-    setting = BY_KEY[key]
-    kind = setting.kind
-    if value is None and setting.nullable:
-        return None
-    if isinstance(value, bool):
-        if kind is bool:
-            return value
-    elif kind is float and isinstance(value, int | float):
-        return float(value)
-    elif kind is int and isinstance(value, int):
-        return value
-    from gdlab.config import OptimizerConfig, TrainerConfig
-
-    group, leaf = key.split(".", 1)
-    if group not in _NODES:
-        _NODES[group] = OmegaConf.structured(
-            OptimizerConfig if group == "optimizer" else TrainerConfig
-        )
-    node = _NODES[group]
     try:
-        node[leaf] = value
+        return settings.coerce(key, value)
+    except GdlabError:
+        pass
+    node = _node_for(key)
+    try:
+        node.value = value
     except OmegaConfBaseException as err:
         message = str(getattr(err, "msg", err)).strip().splitlines()[0]
         raise GdlabError(f"{key}={value!r} is not allowed: {message}") from None
-    return node[leaf]
+    return node.value
+
+
+def _node_for(key: str) -> Any:
+    """A structured config with one field, `value`, of the type the settings table gives
+    `key` (cached per key)."""
+    if key not in _NODES:
+        setting = BY_KEY[key]
+        kind = Optional[setting.kind] if setting.nullable else setting.kind  # noqa: UP045
+        schema = make_dataclass(f"Swept_{setting.name}", [("value", kind, setting.default)])
+        _NODES[key] = OmegaConf.structured(schema)
+    return _NODES[key]
 
 
 def is_sweep_itself(key: str) -> bool:
