@@ -550,11 +550,13 @@ class Sweep:
     def rows(self) -> list[dict[str, Any]]:
         """The summary's rows (summary.csv's columns: rank, job, overrides, one per override
         key, problem, status, steps, final_loss, excess_loss, distance_to_minimizer, score,
-        wall_time_s, lr, lr_limit, error), values as numbers, best first within a problem."""
+        wall_time_s, lr, lr_limit, error, and sharpness.lambda_max, sharpness.lr_limit where
+        measured), values as numbers, best first within a problem."""
         from gdlab.sweeps.jobs import override_keys
-        from gdlab.sweeps.summary import CSV_COLUMNS
+        from gdlab.sweeps.summary import CSV_COLUMNS, SHARPNESS_COLUMNS, has_sharpness
 
         keys = override_keys(self._jobs)
+        sharpness = has_sharpness(self._jobs)
         rows = []
         for job in self._jobs:
             row: dict[str, Any] = {"rank": job.rank, "job": job.job, "overrides": job.overrides}
@@ -564,6 +566,9 @@ class Sweep:
                     row[column] = "; ".join(x for x in (job.error, job.note) if x) or None
                 elif column not in row:
                     row[column] = getattr(job, column, None)
+            if sharpness:
+                for column in SHARPNESS_COLUMNS:
+                    row[column] = getattr(job, column.replace(".", "_"))
             rows.append(row)
         return rows
 

@@ -64,6 +64,7 @@ OPTIMIZER_SCHEMAS: dict[str, type] = {
 }
 OptimizerConfig = OPTIMIZER_SCHEMAS["sgd"]
 TrainerConfig = schema_from_table("TrainerConfig", "trainer")
+SharpnessConfig = schema_from_table("SharpnessConfig", "sharpness")
 
 
 @dataclass
@@ -85,6 +86,7 @@ class GdlabConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # type: ignore[valid-type]
     device: DeviceConfig = field(default_factory=DeviceConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)  # type: ignore[valid-type]
 
 
 #: the schema of each group, for key checks and messages
@@ -93,6 +95,7 @@ SCHEMA_BY_GROUP: dict[str, type] = {
     "trainer": TrainerConfig,
     "device": DeviceConfig,
     "logger": LoggerConfig,
+    "sharpness": SharpnessConfig,
 }
 
 

@@ -65,6 +65,8 @@ class RunResult:
     lr_limit: float | None = None
     initial_loss: float | None = None  # the full objective at the start
     lr: float | None = None  # the base learning rate (the schedule's value at step 0)
+    #: sharpness.every > 0: {every, initial, final, history, seconds} (gdlab.curvature)
+    sharpness: dict[str, Any] | None = None
 
     @property
     def steps_per_s(self) -> float:
@@ -84,3 +86,4 @@ class Sink(Protocol):
 
 
 # Sinks that buffer may also define `flush()`: the trainer calls it with every checkpoint.
+# Sinks that show the sharpness define `log_sharpness(point)` (a gdlab.curvature.SharpnessPoint).

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
 from gdlab.checkpoint import save_checkpoint
+from gdlab.curvature import Sharpness, constants_for
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
 from gdlab.objectives import instantiate as objectives
@@ -108,6 +109,16 @@ def optimizer_arguments(values: dict[str, Any], names: Any = None) -> dict[str, 
     }
 
 
+def sharpness_probe(problem: Problem, rule: UpdateRule) -> Sharpness | None:
+    """The run's sharpness measurements (sharpness.every > 0), judged by its own rule."""
+    if problem.sharpness.every <= 0:
+        return None
+    name = rule.settings.rule
+    return Sharpness(
+        problem.sharpness, name, rule.hyper, constants_for(name, [rule.hyper]), problem.name
+    )
+
+
 def update_rule(values: dict[str, Any]) -> UpdateRule:
     """The update rule with a plain run's hyperparameters (the optimizer rows of the table)."""
     return UpdateRule(settings_for(values["optimizer.name"], optimizer_arguments(values)))
@@ -153,10 +164,11 @@ def build(
         )
     sampler = make_sampler(objective, generator, device)
     chunk_rows = values["trainer.chunk_rows"]
+    rule = update_rule(values)
     trainer = Trainer(
         objective.loss,
         params,
-        update_rule(values),
+        rule,
         schedule,
         problem.loop,
         sinks=sinks,
@@ -169,6 +181,7 @@ def build(
         n_samples=data_shape(objective)[0],
         loss64=problem.float64_loss(),
         lr_limit=run_lr_limit(problem, values),
+        sharpness=sharpness_probe(problem, rule),
     )
     return Experiment(problem, params, trainer, info, problem.device_note, sinks)
 

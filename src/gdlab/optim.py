@@ -342,6 +342,57 @@ def adagrad(
         _addcdiv_(param, grad, std, _scale(-clr, param))
 
 
+def preconditioner(
+    rule: str, state: dict[str, Any], params: list[Tensor], **hyper: Any
+) -> list[Tensor] | None:
+    """P, the per-coordinate denominators the adaptive rule `rule` divides its next step by,
+    from its state (one tensor per parameter, None for a rule without one, or before the
+    first step created the state). The local stability limit of an adaptive rule is judged
+    on the sharpness of P^-1 H (gdlab.curvature):
+
+    - Adam, AdamW: sqrt(v / (1 - beta2^t)) + eps (the largest v with amsgrad);
+    - RMSprop: sqrt(v) + eps (sqrt(v - mean(g)^2) + eps when centered);
+    - Adagrad: (sqrt(sum) + eps) (1 + t lr_decay): its lr decay as part of P.
+
+    A parameter without state (no gradient yet) gets 1.
+    """
+    if rule == "sgd" or not state:
+        return None
+    step = state.get("step", 0)
+
+    def each(name: str) -> list[Tensor | None]:
+        return list(state.get(name) or [None] * len(params))
+
+    out: list[Tensor] = []
+    if rule in ("adam", "adamw"):
+        seconds = each("max_exp_avg_sq" if hyper.get("amsgrad") else "exp_avg_sq")
+        root = (1 - hyper["beta2"] ** step) ** 0.5
+        for p, v in zip(params, seconds, strict=True):
+            out.append(
+                torch.ones_like(p)
+                if v is None
+                else v.sqrt() / _scale(root, p) + _scale(hyper["eps"], p)
+            )
+    elif rule == "rmsprop":
+        means = each("grad_avg") if hyper.get("centered") else [None] * len(params)
+        for p, v, g in zip(params, each("square_avg"), means, strict=True):
+            if v is None:
+                out.append(torch.ones_like(p))
+                continue
+            second = v if g is None else v - g * g
+            out.append(second.sqrt() + _scale(hyper["eps"], p))
+    elif rule == "adagrad":
+        decay = 1 + step * hyper.get("lr_decay", 0.0)
+        for p, total in zip(params, each("sum"), strict=True):
+            if total is None:
+                out.append(torch.ones_like(p))
+                continue
+            out.append((total.sqrt() + _scale(hyper["eps"], p)) * _scale(decay, p))
+    else:
+        raise ValueError(f"unknown update rule {rule!r}")
+    return out
+
+
 #: update rule name -> (functional core, settings class)
 RULES: dict[str, tuple[Callable[..., None], type]] = {
     "sgd": (sgd, SGDSettings),

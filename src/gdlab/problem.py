@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdlab.batches import data_shape, uses_mini_batches
 from gdlab.config import reject_unknown_keys
+from gdlab.curvature import SharpnessSettings
 from gdlab.devices import resolve_device, resolve_dtype
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
@@ -43,6 +44,8 @@ class Problem:
     schedule: ScheduleSpec
     #: the objective's config fields: with `name`, what makes two runs the same problem
     fields: dict[str, Any]
+    #: when and how to measure the Hessian's extreme eigenvalues (gdlab.curvature)
+    sharpness: SharpnessSettings = field(default_factory=SharpnessSettings)
 
     def record(self) -> dict[str, Any]:
         """The problem as results record it: runs are ranked only against the same problem
@@ -143,6 +146,16 @@ def loop_settings(values: dict[str, Any]) -> TrainerSettings:
     )
 
 
+def sharpness_settings(values: dict[str, Any]) -> SharpnessSettings:
+    """The `sharpness.*` settings from the (checked) table values."""
+    return SharpnessSettings(
+        every=int(values["sharpness.every"]),
+        tol=float(values["sharpness.tol"]),
+        dense_max=int(values["sharpness.dense_max"]),
+        max_iter=int(values["sharpness.max_iter"]),
+    )
+
+
 def build_problem(cfg: DictConfig) -> Problem:
     """Check `cfg` and build its objective on its device; user mistakes are one line."""
     reject_unknown_keys(cfg)
@@ -165,6 +178,7 @@ def build_problem(cfg: DictConfig) -> Problem:
         loop=loop_settings(values),
         schedule=ScheduleSpec.from_config(cfg.optimizer.schedule),
         fields={str(k): v for k, v in fields.items()},
+        sharpness=sharpness_settings(values),
     )
 
 

@@ -73,10 +73,28 @@ def metrics_document(info: RunInfo, result: RunResult) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "wall_time_s": result.wall_time_s,
         "steps_per_s": json_number(result.steps_per_s),
+        **({"sharpness": sharpness_document(result.sharpness)} if result.sharpness else {}),
         "objective": info.objective,
         "problem": info.problem,
         "device": info.device,
         "dtype": info.dtype,
+    }
+
+
+def sharpness_document(sharpness: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's `sharpness` (gdlab.curvature's measurements), numbers made strict JSON:
+    `initial` and `final` (each with step, lambda_max, lambda_min, lr_limit, ratio, ...), every
+    measurement in `history`, and the seconds they took."""
+
+    def point(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: json_number(v) if isinstance(v, float) else v for k, v in values.items()}
+
+    return {
+        "every": sharpness["every"],
+        "initial": point(sharpness["initial"]),
+        "final": point(sharpness["final"]),
+        "history": [point(p) for p in sharpness["history"]],
+        "seconds": sharpness["seconds"],
     }
 
 
@@ -147,6 +165,7 @@ def population_document(
     score: list[float | None] = [None] * count
     limit: list[float | None] = [None] * count
     initial: list[float | None] = [None] * count
+    sharpness: dict[str, list[Any]] = {}
     stop_reason: list[str | None] = [None] * count
     error: list[str | None] = [problems.get(i) for i in range(count)]
     params: dict[str, list[Any]] = {}
@@ -182,6 +201,8 @@ def population_document(
             limit[i] = json_number(result.lr_limit[j])
             initial[i] = None if starts is None else json_number(starts[j])
             stop_reason[i] = result.stop_reason[j]
+        if any(p is not None for p in result.sharpness_final):
+            sharpness = sharpness_columns(count, trained, result)
     return {
         "kind": "gdlab.population",
         "version": 1,
@@ -208,7 +229,30 @@ def population_document(
         "stop_reason": stop_reason,
         "error": error,
         "params": params,
+        **sharpness,
     }
+
+
+#: population.json's sharpness columns (sharpness.every > 0): the members' last measurement,
+#: and the first one's lambda_max
+SHARPNESS_FIELDS = ("step", "lambda_max", "lambda_min", "lr_limit", "ratio", "preconditioned")
+
+
+def sharpness_columns(count: int, trained: list[int], result: Any) -> dict[str, list[Any]]:
+    """`sharpness_<field>` columns of the final measurements, `sharpness_initial_lambda_max`."""
+    columns: dict[str, list[Any]] = {f"sharpness_{k}": [None] * count for k in SHARPNESS_FIELDS}
+    columns["sharpness_initial_lambda_max"] = [None] * count
+    for j, i in enumerate(trained):
+        final, initial = result.sharpness_final[j], result.sharpness_initial[j]
+        if final is not None:
+            for k in SHARPNESS_FIELDS:
+                value = final.get(k)
+                columns[f"sharpness_{k}"][i] = (
+                    json_number(value) if isinstance(value, float) else value
+                )
+        if initial is not None:
+            columns["sharpness_initial_lambda_max"][i] = json_number(initial["lambda_max"])
+    return columns
 
 
 def write_population(run_dir: Path, document: dict[str, Any]) -> None:

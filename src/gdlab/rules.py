@@ -11,8 +11,9 @@ both, so the two engines cannot drift apart:
 - `distance_to_minimizer`, `clamp_excess`: the metrics of objectives with a known optimum;
 - `score` / `rank_key`: the one number a run is ranked by (and returns to a sweeper), and how
   sweeps, `gdlab-report`, HParams and population jobs order results with it;
-- `curvature` / `lr_limit`: the largest stable learning rate of each update rule where the
-  objective is a quadratic (2/L for plain SGD).
+- `curvature` / `lr_limit` / `rule_lr_limit`: the largest stable learning rate of each update
+  rule where the objective is a quadratic (2/L for plain SGD), or at the curvature measured
+  along the run (gdlab.curvature: the local limit, `stability_constant` for every rule).
 """
 
 from __future__ import annotations
@@ -299,6 +300,46 @@ def curvature(objective: Any, mini_batch: bool) -> float | None:
     return hessian_max
 
 
+def stability_constant(rule: str, hyper: dict[str, Any]) -> tuple[float, float] | None:
+    """(c, shift): the update rule `rule` is stable on a quadratic with curvature `lam` along
+    an eigendirection exactly when lr (lam + shift) < c, so its largest stable lr is
+    c / (lam + shift). None where no linear analysis applies (gradient clipping bounds the
+    steps; a momentum buffer that never moves).
+
+    - SGD, x' = x - lr L x: c = 2; weight decay adds to the curvature (shift = weight_decay);
+    - heavy ball, v' = m v + (1-d) L x, x' = x - lr v': the characteristic polynomial
+      z^2 - (1 + m - lr (1-d) L) z + m has its roots inside the unit circle iff
+      lr (1-d) L < 2 (1 + m): c = 2(1+m)/(1-d);
+    - Nesterov, v' = m v + g, x' = x - lr (g + m v'): z^2 - (1+m)(1 - a) z + m (1 - a)
+      with a = lr L, stable iff (a - 1)(1 + 2m) < 1: c = 2(1+m)/(1+2m);
+    - the adaptive rules, with their preconditioner P frozen (Cohen et al. 2022): `lam` is
+      the preconditioned sharpness, the largest eigenvalue of P^-1 H (their coupled weight
+      decay inside H), and the rule is the heavy ball above on it: Adam and AdamW's first
+      moment is momentum beta1 with dampening beta1, c = (2 + 2 beta1)/(1 - beta1) (38 at
+      beta1 = 0.9); RMSprop's momentum m gives c = 2(1+m); Adagrad c = 2 (its lr_decay is
+      part of P). AdamW's decoupled decay (x *= 1 - lr wd) is left out.
+    """
+    if hyper.get("clip_norm") is not None:
+        return None
+    if rule in ("adam", "adamw"):
+        beta1 = float(hyper.get("beta1", 0.9))
+        return (2.0 + 2.0 * beta1) / (1.0 - beta1), 0.0
+    if rule == "rmsprop":
+        return 2.0 * (1.0 + float(hyper.get("momentum", 0.0))), 0.0
+    if rule == "adagrad":
+        return 2.0, 0.0
+    momentum = float(hyper.get("momentum", 0.0))
+    dampening = float(hyper.get("dampening", 0.0))
+    shift = float(hyper.get("weight_decay", 0.0))
+    if momentum == 0:
+        return 2.0, shift
+    if hyper.get("nesterov", False):
+        return 2.0 * (1.0 + momentum) / (1.0 + 2.0 * momentum), shift
+    if dampening >= 1.0:
+        return None  # the momentum buffer never moves: no step at all
+    return 2.0 * (1.0 + momentum) / (1.0 - dampening), shift
+
+
 def lr_limit(
     L: float | None,
     momentum: float = 0.0,
@@ -307,40 +348,48 @@ def lr_limit(
     weight_decay: float = 0.0,
     clip_norm: float | None = None,
 ) -> float | None:
-    """The largest stable lr of SGD on a quadratic with largest curvature L.
-
-    Weight decay adds to the curvature (L + wd). On the eigendirection of L the update is a
-    linear recursion, stable exactly when lr is below:
-
-    - plain SGD, x' = x - lr L x: 2/L;
-    - heavy ball, v' = m v + (1-d) L x, x' = x - lr v': the characteristic polynomial
-      z^2 - (1 + m - lr (1-d) L) z + m has its roots inside the unit circle iff
-      lr (1-d) L < 2 (1 + m): 2(1+m)/((1-d) L);
-    - Nesterov, v' = m v + g, x' = x - lr (g + m v'): z^2 - (1+m)(1 - a) z + m (1 - a)
-      with a = lr L, stable iff (a - 1)(1 + 2m) < 1: 2(1+m)/((1+2m) L).
-
-    None where L is unknown, and with gradient clipping (clipped steps are bounded: the
-    linear analysis does not apply).
-    """
-    if L is None or clip_norm is not None:
+    """The largest stable lr of SGD on a quadratic with largest curvature L (see
+    `stability_constant`): 2/L, 2(1+m)/((1-d) L) with heavy ball, 2(1+m)/((1+2m) L) with
+    Nesterov, L + weight_decay in place of L. None where L is unknown, and with clipping."""
+    hyper = {
+        "momentum": momentum,
+        "dampening": dampening,
+        "nesterov": nesterov,
+        "weight_decay": weight_decay,
+        "clip_norm": clip_norm,
+    }
+    constant = stability_constant("sgd", hyper)
+    if L is None or constant is None:
         return None
-    curv = L + weight_decay
-    if momentum == 0:
-        return 2.0 / curv
-    if nesterov:
-        return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * curv)
-    if dampening >= 1.0:
-        return None  # the momentum buffer never moves: no step at all
-    return 2.0 * (1.0 + momentum) / ((1.0 - dampening) * curv)
+    c, shift = constant
+    return c / (L + shift)
 
 
 #: the hyperparameters SGD's stability limit depends on
 LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
 
 
-def rule_lr_limit(rule: str, L: float | None, hyper: dict[str, Any]) -> float | None:
-    """`lr_limit` for the update rule `rule` with hyperparameters `hyper` (by name): SGD's
-    rules have one; for the adaptive rules none is classical (None)."""
-    if rule != "sgd":
+def rule_lr_limit(
+    rule: str, L: float | None, hyper: dict[str, Any], preconditioned: bool = False
+) -> float | None:
+    """`lr_limit` for the update rule `rule` with hyperparameters `hyper` (by name). SGD's
+    needs L, the largest curvature; an adaptive rule's needs its preconditioned sharpness
+    (`preconditioned=True`: L is the largest eigenvalue of P^-1 H, measured by
+    gdlab.curvature), else it has none (None)."""
+    if L is None or (rule != "sgd" and not preconditioned):
         return None
-    return lr_limit(L, **{k: hyper[k] for k in LIMIT_ARGUMENTS if k in hyper})
+    constant = stability_constant(rule, hyper)
+    if constant is None:
+        return None
+    c, shift = constant
+    return c / (L + shift) if L + shift > 0 else None
+
+
+def edge_threshold(rule: str, lr: float, hyper: dict[str, Any]) -> float | None:
+    """The sharpness at which lr is the edge of stability (lr = lr_limit): 2/lr for plain
+    SGD, 38/lr for Adam at beta1 = 0.9; None where the rule has no limit."""
+    constant = stability_constant(rule, hyper)
+    if constant is None:
+        return None
+    c, shift = constant
+    return c / lr - shift

@@ -157,6 +157,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("trainer.resume", str, None, nullable=True, doc="a run directory to continue"),
     Setting("trainer.chunk_rows", int, None, ">= 1 (or null: one pass)", lambda v: v >= 1,
             nullable=True, doc="full-batch gradients accumulated over row chunks"),
+    # ---- sharpness: the Hessian's extreme eigenvalues along the run (gdlab.curvature)
+    Setting("sharpness.every", int, 0, ">= 0 (0 turns it off)", lambda v: v >= 0,
+            doc="measure at step 0, every N steps and at the end"),
+    Setting("sharpness.tol", float, 1e-3, "in (0, 0.1]", lambda v: 0.0 < v <= 0.1,
+            doc="Lanczos: residuals below tol x max|eigenvalue|"),
+    Setting("sharpness.dense_max", int, 2000, ">= 0", lambda v: v >= 0,
+            doc="up to this many parameter numbers: the dense Hessian and eigvalsh"),
+    Setting("sharpness.max_iter", int, 100, ">= 2", lambda v: v >= 2,
+            doc="Lanczos iterations at most"),
 )
 # fmt: on
 

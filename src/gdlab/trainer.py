@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from gdlab.batches import BatchSampler
+from gdlab.curvature import Sharpness, SharpnessPoint
 from gdlab.events import SMALL_PARAM_NUMEL, LogRecord, RunResult, Sink
 from gdlab.objectives.base import Params
 from gdlab.optim import UpdateRule
@@ -129,6 +130,7 @@ class Trainer:
         n_samples: int | None = None,
         loss64: Callable[[Params], float] | None = None,
         lr_limit: float | None = None,
+        sharpness: Sharpness | None = None,
     ) -> None:
         for name, p in params.items():
             if not (p.is_leaf and p.requires_grad):
@@ -161,6 +163,10 @@ class Trainer:
         self.initial_loss: float | None = None
         self.history: list[float] = []
         self.history_steps: list[int] = []
+        #: measures the Hessian's extremes at its due steps (sharpness.every), or None
+        self.sharpness = sharpness
+        self.sharpness_points: list[SharpnessPoint] = []
+        self.sharpness_seconds = 0.0
 
     def run(self) -> RunResult:
         params, settings, tensors = self.params, self.settings, self._tensors
@@ -189,6 +195,8 @@ class Trainer:
                 # backward: fills p.grad for every parameter the loss uses
                 loss.backward()
             lr = schedule(step)
+            if self.sharpness is not None and self.sharpness.due(step) and self._finite_params():
+                self._measure_sharpness(step)  # reads the parameters only: the run is unchanged
             if step % log_every == 0:
                 # host sync: read loss, gradient norm and parameters back, apply the stop rules
                 record = self._observe(step, loss, lr)
@@ -216,6 +224,10 @@ class Trainer:
         if stop is not None and stop[0] == Status.INTERRUPTED:
             # Not a log point of the uninterrupted run: measure it without logging it.
             record = self._final_point(step, log=False)
+        elif self.sharpness is not None and self.sharpness.settings.every > 0:
+            measured = self.sharpness_points and self.sharpness_points[-1].step == step
+            if not measured and math.isfinite(record.loss) and self._finite_params():
+                self._measure_sharpness(step)  # the final point
         assert record is not None
         for p in tensors:
             p.grad = None
@@ -248,10 +260,50 @@ class Trainer:
             lr_limit=self.lr_limit,
             initial_loss=self.initial_loss,
             lr=self.schedule(0),
+            sharpness=self._sharpness_summary(),
         )
         for sink in self.sinks:
             sink.finish(result)
         return result
+
+    def _measure_sharpness(self, step: int) -> None:
+        """The Hessian's extremes at the parameters of `step` (gdlab.curvature), to the
+        sinks that take them; the full objective, whatever the batches."""
+        assert self.sharpness is not None
+        began = time.perf_counter()
+        batched = {k: v.detach().unsqueeze(0) for k, v in self.params.items()}  # K = 1
+        loss_fn = self.loss_fn
+
+        def losses(leaves: dict[str, Tensor]) -> Tensor:
+            return loss_fn({k: v[0] for k, v in leaves.items()}).reshape(1)
+
+        state = {
+            k: [None if b is None else b.unsqueeze(0) for b in v] if isinstance(v, list) else v
+            for k, v in self.rule.state.items()
+        }
+        (point,) = self.sharpness.measure(losses, batched, step, self.schedule(step), state)
+        self.sharpness_points.append(point)
+        self.sharpness_seconds += time.perf_counter() - began
+        for sink in self.sinks:
+            log_sharpness = getattr(sink, "log_sharpness", None)
+            if log_sharpness is not None:
+                log_sharpness(point)
+
+    def _sharpness_summary(self) -> dict[str, Any] | None:
+        """metrics.json's `sharpness`: the first and last measurements, and all of them."""
+        if self.sharpness is None or not self.sharpness_points:
+            return None
+        points = [p.as_dict() for p in self.sharpness_points]
+        return {
+            "every": self.sharpness.settings.every,
+            "initial": points[0],
+            "final": points[-1],
+            "history": points,
+            "seconds": self.sharpness_seconds,
+        }
+
+    def _finite_params(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self._tensors)
 
     def _final_point(self, step: int, log: bool) -> LogRecord:
         """Loss and gradient of the full batch at the current parameters."""
@@ -337,6 +389,9 @@ class Trainer:
             "initial_loss": self.initial_loss,
             "history": list(self.history),
             "history_steps": list(self.history_steps),
+            "sharpness": [p.as_dict() for p in self.sharpness_points],
+            "sharpness_seconds": self.sharpness_seconds,
+            "sharpness_state": None if self.sharpness is None else self.sharpness.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -359,6 +414,10 @@ class Trainer:
         self.history = list(state.get("history") or [])
         self.history_steps = list(state.get("history_steps") or [])
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.sharpness_points = [SharpnessPoint(**p) for p in state.get("sharpness") or []]
+        self.sharpness_seconds = float(state.get("sharpness_seconds", 0.0))
+        if self.sharpness is not None and state.get("sharpness_state"):
+            self.sharpness.load_state_dict(_to_device(state["sharpness_state"], device))
 
 
 def _to_device(state: Any, device: torch.device) -> Any:

@@ -184,6 +184,19 @@ class BatchedLoss:
         self.strategy = "loop"
         return "loop"
 
+    def values(self, leaves: Params) -> Tensor:
+        """Every member's full-batch loss [K] with its autograd graph, by the chosen strategy
+        (Hessian-vector products differentiate it twice: gdlab.curvature)."""
+        assert self.strategy != "auto", "call choose() first"
+        if self.strategy == "broadcast":
+            return self.loss(leaves)
+        if self.strategy == "vmap":
+            return torch.func.vmap(self.loss)(leaves)
+        count = next(iter(leaves.values())).shape[0]
+        return torch.stack(
+            [self.loss({k: v[i] for k, v in leaves.items()}).reshape(()) for i in range(count)]
+        )
+
     def __call__(self, params: Params, batch: Tensor | None) -> tuple[Tensor, Params]:
         """Losses [K] and gradients (same shapes as `params`) of every member."""
         assert self.strategy != "auto", "call choose() first"

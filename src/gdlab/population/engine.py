@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
+from gdlab.curvature import Sharpness, SharpnessSettings, constants_for
 from gdlab.errors import GdlabError
 from gdlab.events import RunResult
 from gdlab.objectives.base import Objective, Params
@@ -70,6 +71,9 @@ class PopulationResult:
     score: list[float] = field(default_factory=list)  # gdlab.rules.score, lower is better
     lr_limit: list[float | None] = field(default_factory=list)
     initial_loss: Tensor | None = None  # float64 [K]: the full objective at the start
+    #: sharpness.every > 0: each member's first and last measurement (None: not measured)
+    sharpness_initial: list[dict[str, Any] | None] = field(default_factory=list)
+    sharpness_final: list[dict[str, Any] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.status)
@@ -91,7 +95,25 @@ class PopulationResult:
             score=self.score[i] if self.score else math.inf,
             lr_limit=self.lr_limit[i] if self.lr_limit else None,
             initial_loss=None if self.initial_loss is None else float(self.initial_loss[i]),
+            sharpness=self.member_sharpness(i),
         )
+
+    def member_sharpness(self, i: int) -> dict[str, Any] | None:
+        """Member i's sharpness in metrics.json's shape (its first and last measurement)."""
+        if not self.sharpness_final or self.sharpness_final[i] is None:
+            return None
+        initial, final = (
+            self.sharpness_initial[i] or self.sharpness_final[i],
+            self.sharpness_final[i],
+        )
+        history = [initial] if initial is final else [initial, final]
+        return {
+            "every": None,
+            "initial": initial,
+            "final": final,
+            "history": history,
+            "seconds": 0.0,
+        }
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -119,6 +141,8 @@ class PopulationTrainer:
         chunk_size: int | None = None,
         interrupt: StopRequest | None = None,
         shared: Mapping[str, Any] | None = None,
+        sharpness: SharpnessSettings | None = None,
+        name: str = "",
     ) -> None:
         if len(members) == 0:
             raise GdlabError("a population needs at least one member")
@@ -143,6 +167,16 @@ class PopulationTrainer:
         #: L, the largest Hessian eigenvalue where it is constant (SGD's members' lr limit)
         self.curvature = curvature(objective, self.mini_batch) if members.rule == "sgd" else None
         self.eps = precision(dtype)
+        #: the members' sharpness measurements (sharpness.every > 0), judged by their rule
+        self.sharpness: Sharpness | None = None
+        if sharpness is not None and sharpness.every > 0:
+            names = [n for n in (*LIMIT_ARGUMENTS, "beta1") if n in members.columns]
+            columns = [members.columns[n] for n in names]
+            rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+            rows = rows or [{}] * len(members)
+            self.sharpness = Sharpness(
+                sharpness, members.rule, {}, constants_for(members.rule, rows), name
+            )
 
     def lr_limits(self) -> list[float | None]:
         """Each member's largest stable lr (gdlab.rules.rule_lr_limit), once per distinct
@@ -188,6 +222,7 @@ class PopulationTrainer:
         state: dict[str, Any] = {}  # the rule's buffers (lists aligned with `used`), its step
 
         final = _Final(count, params, self.device)
+        sharp = None if self.sharpness is None else _MemberSharpness(self.sharpness, count)
         if sampler is not None:  # mini-batch losses are noisy: the end verdict uses the full one
             final.initial = self.batched(params, None)[0].double()
         index = torch.arange(count, device=self.device)  # working row -> member
@@ -202,6 +237,8 @@ class PopulationTrainer:
             full = last or interrupted or sampler is None
             batch = None if full else sampler.next_per_member(slots)  # type: ignore[union-attr]
             loss, grads = self.batched(params, batch)
+            if sharp is not None and not (last or interrupted) and sharp.probe.due(step):
+                sharp.measure(self, step, params, state, hyper, index, active, loss, used)
             if interrupted:
                 reason = f"stopped by a signal after {step} steps"
                 end = (Status.INTERRUPTED, reason)
@@ -209,7 +246,11 @@ class PopulationTrainer:
                 break
             if last or step % settings.log_every == 0:
                 end = (Status.FINISHED, None) if last else None
+                before = active.clone() if sharp is not None else None
                 running -= final.check(self, step, loss, grads, params, index, active, end)
+                if sharp is not None and before is not None:  # the final point of who stopped
+                    ended = before & ~active
+                    sharp.measure(self, step, params, state, hyper, index, ended, loss, used)
                 if running == 0:
                     break
                 if running <= active.shape[0] // 2:
@@ -243,7 +284,62 @@ class PopulationTrainer:
                     members=True,
                 )
         wall = time.perf_counter() - start_time
-        return final.result(self, wall, step)
+        result = final.result(self, wall, step)
+        if sharp is not None:
+            result.sharpness_initial, result.sharpness_final = sharp.initial, sharp.final
+        return result
+
+
+class _MemberSharpness:
+    """Each member's sharpness (gdlab.curvature) at the due steps, and at the point where it
+    stops, as its plain run measures it: rows with a finite loss and parameters only, one
+    chunk of members at a time (one Hessian-vector product serves the whole chunk)."""
+
+    def __init__(self, probe: Sharpness, count: int) -> None:
+        self.probe = probe
+        self.initial: list[dict[str, Any] | None] = [None] * count
+        self.final: list[dict[str, Any] | None] = [None] * count
+        self.measured_at = [-1] * count
+
+    def measure(
+        self,
+        trainer: PopulationTrainer,
+        step: int,
+        params: Params,
+        state: dict[str, Any],
+        hyper: dict[str, Any],
+        index: Tensor,
+        rows: Tensor,
+        loss: Tensor,
+        used: list[str],
+    ) -> None:
+        count = loss.shape[0]
+        finite = rows & torch.isfinite(loss.detach().reshape(count))
+        for v in params.values():
+            finite &= torch.isfinite(v.detach().reshape(count, -1)).all(dim=1)
+        picked = finite.nonzero().reshape(-1)
+        picked = picked[[self.measured_at[m] != step for m in rows_of(index, picked).tolist()]]
+        for chunk in _row_blocks(picked, trainer.chunk_size):
+            part = {k: rows_of(v, chunk) for k, v in params.items()}
+            part_state = {
+                k: [None if b is None else rows_of(b, chunk) for b in v]
+                if isinstance(v, list)
+                else v
+                for k, v in state.items()
+            }
+            part_hyper = {
+                k: rows_of(v, chunk) if isinstance(v, Tensor) else v for k, v in hyper.items()
+            }
+            lr = lr_at(trainer.schedule, part_hyper["lr"], step, trainer.settings.steps)
+            members = rows_of(index, chunk).tolist()
+            points = self.probe.measure(
+                trainer.batched.values, part, step, lr, part_state, used, part_hyper, members
+            )
+            for member, point in zip(members, points, strict=True):
+                values = point.as_dict()
+                if self.initial[member] is None:
+                    self.initial[member] = values
+                self.final[member], self.measured_at[member] = values, step
 
 
 def _probe_batch(trainer: PopulationTrainer, count: int) -> Tensor:
@@ -497,4 +593,6 @@ def from_config(
         strategy=strategy,
         chunk_size=chunk_size,
         shared=problem.values,
+        sharpness=problem.sharpness,
+        name=problem.name,
     )

@@ -94,6 +94,8 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
             chunk_size=options.get("chunk_size"),
             interrupt=interrupt,
             shared=problem.values,
+            sharpness=problem.sharpness,
+            name=problem.name,
         )
         log.info(
             "gdlab: population of %d on %s, %s, %d steps, batched by %s",

@@ -39,6 +39,21 @@ def summary_line(result: RunResult) -> str:
     limit, lr = result.lr_limit, result.lr
     if limit is not None and lr is not None and lr > limit:
         text += f"; lr {lr:g} is above this update rule's stability limit {limit:.4g}"
+    if result.sharpness:
+        text += "; " + sharpness_words(result.sharpness["final"])
+    return text
+
+
+def sharpness_words(point: dict) -> str:
+    """`sharpness at step 4000: lambda_max 10.1, lambda_min -0.02, lr/lr_limit 1.01`."""
+    text = (
+        f"sharpness at step {point['step']}: lambda_max {point['lambda_max']:.4g}, "
+        f"lambda_min {point['lambda_min']:.3g}"
+    )
+    if point.get("preconditioned") is not None:
+        text += f", preconditioned {point['preconditioned']:.4g}"
+    if point.get("ratio") is not None:
+        text += f", lr/lr_limit {point['ratio']:.3g}"
     return text
 
 

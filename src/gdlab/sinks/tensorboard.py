@@ -16,6 +16,9 @@ the first two groups. Hence:
     train_plots/<name> (images)              PLOTS   closed: one card per run and plot
     train_result/loss, steps, diverged, ...  RESULT  last, closed: the HParams row's metrics
                                                      (in gdlab.sinks.hparams)
+    sharpness/lambda_max, lambda_min,        SHARPNESS  only with sharpness.every > 0, each at
+      lr_limit, ratio (, preconditioned)                its own step; sorted first, so open:
+                                                        what such a run is for
 
 `train/loss` keeps its name (gdlab.sweeps.summary reads it back for killed jobs).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -35,9 +39,13 @@ from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.sinks.event_file import EventFile, ScalarEvents
 from gdlab.sinks.hparams import final_metrics, session_end_summary, session_start_summary
 
+if TYPE_CHECKING:
+    from gdlab.curvature import SharpnessPoint
+
 TRAIN = "train"
 PARAMS = "train_params"
 PLOTS = "train_plots"
+SHARPNESS = "sharpness"
 
 TEXT_PLUGIN = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
 
@@ -117,6 +125,19 @@ class TensorBoardSink:
         for name, value in record.params.items():
             scalars.extend(param_scalar_tags(name, value))
         self.writer.add_serialized(self.scalars.encode(record.step, time.time(), scalars))
+
+    def log_sharpness(self, point: SharpnessPoint) -> None:
+        """`sharpness/lambda_max`, `lambda_min`, `lr_limit`, `ratio` (and `preconditioned`
+        for an adaptive rule) at the measurement's own step."""
+        values = {
+            "lambda_max": point.lambda_max,
+            "lambda_min": point.lambda_min,
+            "lr_limit": point.lr_limit,
+            "ratio": point.ratio,
+            "preconditioned": point.preconditioned,
+        }
+        scalars = [(f"{SHARPNESS}/{k}", v) for k, v in values.items() if v is not None]
+        self.writer.add_serialized(self.scalars.encode(point.step, time.time(), scalars))
 
     def add_image(self, tag: str, png: bytes, step: int) -> None:
         """A PNG as a TensorBoard image (a run's plots as `train_plots/<name>`)."""

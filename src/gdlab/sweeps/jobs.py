@@ -48,6 +48,10 @@ class JobRow:
     #: the score the job returned to the sweeper, by which it is ranked (lower is better)
     score: float | None = None
     dtype: str | None = None
+    #: the final measurement of sharpness.every > 0: the Hessian's largest eigenvalue, and
+    #: the largest stable lr of the job's rule there (gdlab.curvature)
+    sharpness_lambda_max: float | None = None
+    sharpness_lr_limit: float | None = None
 
 
 def split_override(text: str) -> tuple[str, str]:

@@ -92,6 +92,9 @@ def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         row.wall_time_s = _number(metrics.get("wall_time_s"))
         row.lr_limit = _number(metrics.get("lr_limit"))
         row.dtype = metrics.get("dtype")
+        final = (metrics.get("sharpness") or {}).get("final") or {}
+        row.sharpness_lambda_max = _number(final.get("lambda_max"))
+        row.sharpness_lr_limit = _number(final.get("lr_limit"))
         row.error = metrics.get("error") or (
             metrics.get("stop_reason") if row.status not in RANKED else None
         )
@@ -139,6 +142,7 @@ def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
     columns += [data[k] for k in ("distance_to_minimizer", "error", "stop_reason")]
     count = len(columns[0])
     columns += [data.get(k) or [None] * count for k in ("excess_loss", "score", "lr_limit")]
+    columns += [data.get(f"sharpness_{k}") or [None] * count for k in ("lambda_max", "lr_limit")]
     name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
     num, per_member = job_num(job_dir), _number(data.get("wall_time_per_member_s"))
     minimum, dtype = _number(data.get("minimum")), data.get("dtype")
@@ -149,7 +153,8 @@ def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
     for i, (overrides, status, steps, loss, lr, distance, error, reason, *judged) in enumerate(
         zip(*columns, strict=True)
     ):
-        excess, run_score, limit = judged
+        excess, run_score, limit, sharpness, sharpness_limit = judged
+        row_sharpness = _number(sharpness), _number(sharpness_limit)
         row = JobRow(f"{name}#{i}", num, [str(o) for o in overrides], str(status or "failed"))
         row.values = dict(split_override(o) for o in row.overrides)
         row.steps, row.final_loss, row.lr = steps, _number(loss), _number(lr)
@@ -157,6 +162,7 @@ def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
         row.wall_time_s, row.lr_limit, row.dtype = per_member, _number(limit), dtype
         row.momentum = _number(row.values.get("optimizer.momentum"))
         row.problem = problem
+        row.sharpness_lambda_max, row.sharpness_lr_limit = row_sharpness
         row.error = error or (reason if row.status not in RANKED else None)
         if row.status == "diverged" and row.final_loss is None:
             row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
@@ -321,13 +327,25 @@ CSV_COLUMNS = (
 )
 
 
+#: columns of sweeps that measured sharpness (sharpness.every > 0), after CSV_COLUMNS
+SHARPNESS_COLUMNS = ("sharpness.lambda_max", "sharpness.lr_limit")
+
+
+def has_sharpness(rows: Sequence[JobRow]) -> bool:
+    return any(r.sharpness_lambda_max is not None for r in rows)
+
+
 def summary_csv(rows: Sequence[JobRow]) -> str:
-    """summary.csv: one row per job, best first; one extra column per override key."""
+    """summary.csv: one row per job, best first; one extra column per override key (and the
+    final sharpness where it was measured)."""
     keys = override_keys(rows)
+    sharp = has_sharpness(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:]])
+    extra = list(SHARPNESS_COLUMNS) if sharp else []
+    writer.writerow([*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:], *extra])
     for row in rows:
+        sharpness = [_fmt(row.sharpness_lambda_max, "r"), _fmt(row.sharpness_lr_limit, "r")]
         writer.writerow(
             [
                 row.rank or "",
@@ -345,6 +363,7 @@ def summary_csv(rows: Sequence[JobRow]) -> str:
                 _fmt(row.lr, "r"),
                 _fmt(row.lr_limit, "r"),
                 "; ".join(x for x in (row.error, row.note) if x),
+                *(sharpness if sharp else []),
             ]
         )
     return out.getvalue()
@@ -358,6 +377,8 @@ def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
     header = ["problem"] if show_problem else []
     header += ["rank", *keys, "status", "steps", "final loss"]
     header += ["excess loss"] if show_excess else []
+    show_sharpness = has_sharpness(rows)
+    header += ["λ_max", "lr limit"] if show_sharpness else []
     header += ["distance to min", "wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     shown = rows if limit is None else rows[:limit]
@@ -368,6 +389,8 @@ def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
         cells.append(status)
         cells += [_fmt(row.steps, "d"), _fmt(row.final_loss)]
         cells += [_fmt(row.excess_loss, ".3g")] if show_excess else []
+        if show_sharpness:
+            cells += [_fmt(row.sharpness_lambda_max, ".4g"), _fmt(row.sharpness_lr_limit, ".4g")]
         cells += [_fmt(row.distance_to_minimizer, ".3g"), _fmt(row.wall_time_s, ".3f")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if limit is not None and len(rows) > limit:
