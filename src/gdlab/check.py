@@ -171,7 +171,41 @@ def run_check(cfg: DictConfig) -> int:
         return MISMATCH
     compared = "the analytic grad and finite differences" if has_grad else "finite differences"
     print(f"gdlab-check: OK: autograd agrees with {compared} at {len(points)} points")
+    print_curvature(objective, start)
     return 0
+
+
+def print_curvature(objective: object, start: dict[str, torch.Tensor]) -> None:
+    """The Hessian's extreme eigenvalues at the start and each update rule's local lr limit
+    there (gdlab.curvature): the principled answer to "what lr should I try?"."""
+    from gdlab.curvature import start_limits
+    from gdlab.settings import UPDATE_RULES, settings_of
+
+    defaults = {
+        rule: {
+            s.name: s.default_for(rule) for s in settings_of("optimizer", rule) if s.name != "name"
+        }
+        for rule in UPDATE_RULES
+    }
+    try:
+        points = start_limits(objective.loss, start, defaults, name=registered_name(objective))  # type: ignore[attr-defined]
+    except GdlabError as err:
+        print(f"gdlab-check: {err}")
+        return
+    print()
+    print("curvature at the start (Hessian of the full loss; lr_limit: the largest stable lr")
+    print("of each update rule there, at its default settings; docs/sharpness.md):")
+    width = max(len(rule) for rule in points)
+    for rule, p in points.items():
+        line = f"  optimizer={rule:<{width}}  lambda_max={p.lambda_max:.6g}"
+        line += f" lambda_min={p.lambda_min:.6g}"
+        if p.preconditioned is not None:
+            line += f" preconditioned={p.preconditioned:.6g}"
+        if p.lr_limit is not None:
+            line += f" lr_limit={p.lr_limit:.5g} (default lr {p.lr:g}: {p.ratio:.3g} x the limit)"
+        else:
+            line += " lr_limit=none (no limit at this curvature)"
+        print(line)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="check")

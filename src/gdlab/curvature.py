@@ -12,9 +12,9 @@ then hovers there). This module measures it for one run or for K population memb
 - `dense_extremes`: small problems form H (P products, batched) and call `eigvalsh` in
   float64: exact to rounding;
 - `lanczos`: larger ones run Lanczos with full reorthogonalisation, warm-started from the
-  previous top eigenvector, until both extreme Ritz pairs' residuals are below `tol` times
-  the spectrum's scale (not power iteration: at a saddle it would find the negative
-  eigenvalue of largest magnitude, not lambda_max);
+  previous extreme eigenvectors, until the top Ritz pair's residual is below `tol` times the
+  spectrum's scale (the bottom one's below BOTTOM x tol x the scale) (not power iteration: at
+  a saddle it would find the negative eigenvalue of largest magnitude, not lambda_max);
 - `Sharpness`: when to measure (`sharpness.every`), and the local limit of the run's own
   update rule (`gdlab.rules.stability_constant`): SGD's on lambda_max, the adaptive rules' on
   the preconditioned sharpness lambda_max(P^-1 H), P from the rule's state
@@ -44,6 +44,9 @@ LossesFn = Callable[[dict[str, Tensor]], Tensor]
 DENSE_BLOCK = 256
 #: ... and only while K * P * P float64 numbers stay below this (else Lanczos)
 DENSE_ELEMENTS = 1 << 25
+#: Lanczos converges lambda_min to BOTTOM x tol x |lambda_max|: the bottom of a network's
+#: spectrum is a cluster near 0 that takes 4x the products lambda_max needs to resolve
+BOTTOM = 10
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,14 @@ class HessianOperator:
             dim=1,
         )
         self.size = self.grad.shape[1]
-        #: the gradient does not depend on the parameters (a linear loss): H = 0
-        self.constant = not self.grad.requires_grad
+        if not self.grad.requires_grad:
+            # autograd can't differentiate the gradient: a custom Function's backward marked
+            # once_differentiable or computed without autograd, a detach, or a loss linear in
+            # every parameter (whose Hessian would be 0, but gdlab can't tell the two apart)
+            raise GdlabError(
+                f"sharpness: {self.name} has no second derivatives (autograd can't "
+                "differentiate its gradient); set sharpness.every=0"
+            )
         self.products = 0
         self.scale: Tensor | None = None
         self.shift: Tensor | float = 0.0
@@ -99,8 +108,6 @@ class HessianOperator:
 
     def _products(self, vectors: Tensor, batched: bool) -> Tensor:
         """H v for v [K, P] (or [m, K, P] with `batched`)."""
-        if self.constant:
-            return torch.zeros_like(vectors)
         try:
             parts = torch.autograd.grad(
                 self.grad,
@@ -163,7 +170,7 @@ class Extremes:
 
     lambda_max: Tensor  # float64 [K]
     lambda_min: Tensor  # float64 [K]
-    vector: Tensor | None  # [K, P] the top eigenvectors (Lanczos: the next warm start)
+    vector: Tensor | None  # [K, P] Lanczos: top + bottom Ritz vectors, the next warm start
     method: str  # "dense" or "lanczos"
 
 
@@ -192,9 +199,11 @@ def lanczos(op: HessianOperator, start: Tensor, tol: float, max_iter: int) -> Ex
     """Lanczos on each member's Hessian at once, from `start` [K, P].
 
     Full reorthogonalisation (twice, against every earlier vector) keeps the basis
-    orthogonal in float32. A member is done when the residuals |beta_j s_j| of both extreme
-    Ritz pairs are below `tol` x max|theta| (each Ritz value is then that close to an
-    eigenvalue of H), or when its Krylov space is exhausted; its values are kept from then on.
+    orthogonal in float32. A member is done when the residual |beta_j s_j| of the top Ritz
+    pair is below `tol` x max|theta| and the bottom one's below BOTTOM x tol x max|theta|
+    (each Ritz value is then that close to an eigenvalue of H), or when its Krylov space is
+    exhausted; its values are kept from then on. The vector returned for the next warm start
+    is the sum of both extreme Ritz vectors.
     """
     count, size = start.shape
     device, dtype = start.device, op.grad.dtype
@@ -226,13 +235,15 @@ def lanczos(op: HessianOperator, start: Tensor, tol: float, max_iter: int) -> Ex
         residual_top = (beta * ritz[:, -1, -1]).abs()
         residual_bottom = (beta * ritz[:, -1, 0]).abs()
         exhausted = beta <= tiny * scale * 4
-        converged = (residual_top <= tol * scale) & (residual_bottom <= tol * scale)
+        converged = (residual_top <= tol * scale) & (residual_bottom <= BOTTOM * tol * scale)
         finishing = ~done & (converged | exhausted | (j == steps - 1))
         if finishing.any():
             rows = finishing.nonzero().reshape(-1)
             lam_max[rows] = theta[rows, -1]
             lam_min[rows] = theta[rows, 0]
-            vectors = torch.einsum("jkp,kj->kp", basis[: j + 1], ritz[:, :, -1].to(dtype))
+            # the next warm start: both extreme Ritz vectors, so both ends start converged
+            ends = ritz[:, :, -1] + (ritz[:, :, 0] if j > 0 else 0)
+            vectors = torch.einsum("jkp,kj->kp", basis[: j + 1], ends.to(dtype))
             top[rows] = vectors[rows]
             done |= finishing
         if bool(done.all()):
@@ -249,7 +260,7 @@ def extremes(
     generator: torch.Generator | None = None,
 ) -> Extremes:
     """lambda_max and lambda_min of each member's Hessian: dense up to `dense_max` numbers,
-    else Lanczos warm-started from `previous` (the last top eigenvectors) plus a random part
+    else Lanczos warm-started from `previous` (the last extreme Ritz vectors) plus a random part
     from `generator` (so that the bottom of the spectrum is in the start too)."""
     dense_budget = op.count * op.size * op.size <= DENSE_ELEMENTS
     if op.size <= settings.dense_max and dense_budget:
@@ -304,7 +315,7 @@ class Sharpness:
     hyper: dict[str, Any]
     constants: list[tuple[float, float] | None]
     name: str = ""
-    previous: Tensor | None = None  # the last top eigenvectors: the next warm start
+    previous: Tensor | None = None  # the last extreme Ritz vectors: the next warm start
     previous_preconditioned: Tensor | None = None
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
 
@@ -452,4 +463,45 @@ def constants_for(rule: str, rows: list[dict[str, Any]]) -> list[tuple[float, fl
         if key not in cache:
             cache[key] = stability_constant(rule, row)
         out.append(cache[key])
+    return out
+
+
+def start_limits(
+    loss: Callable[..., Tensor],
+    params: Mapping[str, Tensor],
+    defaults: Mapping[str, Mapping[str, Any]],
+    settings: SharpnessSettings | None = None,
+    name: str = "",
+) -> dict[str, SharpnessPoint]:
+    """The sharpness at one point and the local limit of each update rule in `defaults`
+    (rule -> its hyperparameters by name, lr included), what `gdlab-check` prints.
+
+    An adaptive rule is judged with the preconditioner of its first step, made by its own
+    function (`gdlab.optim.RULES`) on a copy of the parameters.
+    """
+    from gdlab.optim import RULES
+
+    settings = settings or SharpnessSettings(every=1)
+    names = list(params)
+    batched = {k: v.detach().unsqueeze(0) for k, v in params.items()}
+
+    def losses(leaves: dict[str, Tensor]) -> Tensor:
+        return loss({k: v[0] for k, v in leaves.items()}).reshape(1)
+
+    leaves = [v.detach().clone().requires_grad_(True) for v in params.values()]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss(dict(zip(names, leaves, strict=True))), leaves)
+    out = {}
+    for rule, values in defaults.items():
+        hyper = {k: v for k, v in values.items() if k != "lr"}
+        state: dict[str, Any] = {}
+        if rule != "sgd":  # the state the first step leaves: its preconditioner
+            copies = [v.detach().clone() for v in params.values()]
+            with torch.no_grad():
+                RULES[rule][0](copies, [g.clone() for g in grads], state, **values)
+        probe = Sharpness(settings, rule, hyper, [stability_constant(rule, hyper)], name)
+        batched_state = {
+            k: [b.unsqueeze(0) for b in v] if isinstance(v, list) else v for k, v in state.items()
+        }
+        (out[rule],) = probe.measure(losses, batched, 0, float(values["lr"]), batched_state)
     return out

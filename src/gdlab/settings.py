@@ -161,7 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sharpness.every", int, 0, ">= 0 (0 turns it off)", lambda v: v >= 0,
             doc="measure at step 0, every N steps and at the end"),
     Setting("sharpness.tol", float, 1e-3, "in (0, 0.1]", lambda v: 0.0 < v <= 0.1,
-            doc="Lanczos: residuals below tol x max|eigenvalue|"),
+            doc="Lanczos: lambda_max to tol x |lambda_max| (lambda_min to 10 x that)"),
     Setting("sharpness.dense_max", int, 2000, ">= 0", lambda v: v >= 0,
             doc="up to this many parameter numbers: the dense Hessian and eigvalsh"),
     Setting("sharpness.max_iter", int, 100, ">= 2", lambda v: v >= 2,
