@@ -27,7 +27,7 @@ TARGET_RATIO = 1.3
 TARGET_ACCURACY = 1e-3
 
 
-def experiment(steps: int, lr: float, every: int):
+def experiment(steps: int, lr: float, every: int, tol: float | None = None):
     overrides = [
         "objective=mlp",
         "objective.n_samples=1000",
@@ -37,14 +37,15 @@ def experiment(steps: int, lr: float, every: int):
         "trainer.tol=0",
         "trainer.progress=false",
         f"sharpness.every={every}",
+        *([f"sharpness.tol={tol}"] if tol is not None else []),
     ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     return build(cfg)  # no run directory: the sinks that write files stay off on both sides
 
 
-def timed(steps: int, lr: float, every: int) -> tuple[float, object]:
-    built = experiment(steps, lr, every)
+def timed(steps: int, lr: float, every: int, tol: float | None = None) -> tuple[float, object]:
+    built = experiment(steps, lr, every, tol)
     start = time.perf_counter()
     result = built.trainer.run()
     return time.perf_counter() - start, (built, result)
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--tol", type=float, default=None, help="sharpness.tol (default: gdlab's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"edge-of-stability MLP, lr {args.lr}, {args.steps} steps, 1 CPU thread, "
@@ -74,7 +76,7 @@ def main() -> None:
     measured = None
     for _ in range(args.repeats):
         off, _ = timed(args.steps, args.lr, 0)
-        on, measured = timed(args.steps, args.lr, args.every)
+        on, measured = timed(args.steps, args.lr, args.every, args.tol)
         off_times.append(off)
         on_times.append(on)
     assert measured is not None
@@ -86,7 +88,7 @@ def main() -> None:
     reference = converged_lambda_max(built)
     final = history[-1]["lambda_max"]
     error = abs(final - reference) / abs(reference)
-    settings = SharpnessSettings()
+    settings = SharpnessSettings() if args.tol is None else SharpnessSettings(tol=args.tol)
     print(f"off: {off_s:.2f} s   on: {on_s:.2f} s   ratio {ratio:.3f} (target <= {TARGET_RATIO})")
     print(f"measurements: {len(history)}, Hessian-vector products per measurement: "
           f"mean {statistics.mean(products):.1f}, first {products[0]}, "

@@ -146,6 +146,10 @@ CASES = {
         ["experiment=linear_regression"],
         grid(lr=[0.001, 0.1, 0.9, 1.1], momentum=[0.0, 0.9], seed=[0, 3]),
     ),
+    "mlp": (
+        ["objective=mlp", "objective.n_samples=40", "objective.widths=[8]", "trainer.steps=25"],
+        grid(lr=[0.1, 1.0, 200.0], momentum=[0.0, 0.9]),
+    ),
     "linear_regression_minibatch": (
         ["experiment=linear_regression", "objective.batch_size=16", "trainer.steps=120"],
         grid(lr=[0.01, 0.3, 1.5], seed=[0, 1, 2]),

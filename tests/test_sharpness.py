@@ -311,13 +311,13 @@ def test_bad_sharpness_settings_are_refused(run_config) -> None:
     [
         (["objective=rosenbrock", "trainer.steps=40"],
          {"lr": [1e-4, 1e-3, 2e-3], "momentum": [0.0, 0.9, 0.0]}),
-        (["objective=rosenbrock", "objective.n=30", "trainer.steps=20", "sharpness.dense_max=10"],
-         {"lr": [1e-4, 5e-4]}),
+        (["objective=mlp", "objective.widths=[8]", "objective.n_samples=40", "trainer.steps=20",
+          "sharpness.dense_max=50"], {"lr": [0.1, 0.5]}),
         (["objective=multivariate", "optimizer=adam", "trainer.steps=30"],
          {"lr": [0.01, 0.1], "beta1": [0.9, 0.5]}),
         (["experiment=linear_regression", "trainer.steps=40"], {"lr": [0.01, 0.5, 1.5]}),
     ],
-    ids=["rosenbrock", "rosenbrock-lanczos", "adam", "regression-with-divergence"],
+    ids=["rosenbrock", "mlp-lanczos", "adam", "regression-with-divergence"],
 )  # fmt: skip
 def test_members_sharpness_equals_their_plain_runs(overrides: list[str], columns: dict) -> None:
     cfg = compose_config(["trainer.progress=false", "device.dtype=float64",

@@ -47,6 +47,12 @@ DENSE_ELEMENTS = 1 << 25
 #: Lanczos converges lambda_min to BOTTOM x tol x |lambda_max|: the bottom of a network's
 #: spectrum is a cluster near 0 that takes 4x the products lambda_max needs to resolve
 BOTTOM = 10
+#: a warm start is the last extreme Ritz vectors plus this much of a random unit vector
+WARM_NOISE = 0.1
+#: Lanczos runs at least this many iterations: at the edge of stability several eigenvalues
+#: hover near 2/lr and trade places, and a warm start's residual is small long before a new
+#: top eigenvalue shows in the Krylov space (bench_sharpness measures the error)
+MIN_ITERATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -199,9 +205,9 @@ def lanczos(op: HessianOperator, start: Tensor, tol: float, max_iter: int) -> Ex
     """Lanczos on each member's Hessian at once, from `start` [K, P].
 
     Full reorthogonalisation (twice, against every earlier vector) keeps the basis
-    orthogonal in float32. A member is done when the residual |beta_j s_j| of the top Ritz
-    pair is below `tol` x max|theta| and the bottom one's below BOTTOM x tol x max|theta|
-    (each Ritz value is then that close to an eigenvalue of H), or when its Krylov space is
+    orthogonal in float32. A member is done when the error bound of the top Ritz value
+    (`error_bound`: its residual |beta_j s_j|, or residual^2 / gap) is below `tol` x
+    max|theta| and the bottom one's below BOTTOM x tol x max|theta|, or when its Krylov space is
     exhausted; its values are kept from then on. The vector returned for the next warm start
     is the sum of both extreme Ritz vectors.
     """
@@ -232,10 +238,11 @@ def lanczos(op: HessianOperator, start: Tensor, tol: float, max_iter: int) -> Ex
             tridiagonal = tridiagonal + off + off.transpose(1, 2)
         theta, ritz = torch.linalg.eigh(tridiagonal)
         scale = theta.abs().amax(dim=1).clamp_min(1e-300)
-        residual_top = (beta * ritz[:, -1, -1]).abs()
-        residual_bottom = (beta * ritz[:, -1, 0]).abs()
+        residual_top = error_bound(beta * ritz[:, -1, -1], theta, -1)
+        residual_bottom = error_bound(beta * ritz[:, -1, 0], theta, 0)
         exhausted = beta <= tiny * scale * 4
         converged = (residual_top <= tol * scale) & (residual_bottom <= BOTTOM * tol * scale)
+        converged &= j + 1 >= MIN_ITERATIONS
         finishing = ~done & (converged | exhausted | (j == steps - 1))
         if finishing.any():
             rows = finishing.nonzero().reshape(-1)
@@ -251,6 +258,18 @@ def lanczos(op: HessianOperator, start: Tensor, tol: float, max_iter: int) -> Ex
         betas[:, j] = beta
         q = w / beta.clamp_min(torch.finfo(torch.float64).tiny).to(dtype).reshape(-1, 1)
     return Extremes(lam_max, lam_min, top, "lanczos")
+
+
+def error_bound(residual: Tensor, theta: Tensor, end: int) -> Tensor:
+    """How far the Ritz value theta[:, end] can be from an eigenvalue: its residual r, or
+    r^2 / gap where the gap to the next Ritz value is wide (Kahan-Parlett-Jiang; the Ritz gap
+    stands in for the true one, as ARPACK-style solvers do)."""
+    residual = residual.abs()
+    if theta.shape[1] < 2:
+        return residual
+    neighbour = theta[:, -2] if end == -1 else theta[:, 1]
+    gap = (theta[:, end] - neighbour).abs().clamp_min(1e-300)
+    return torch.minimum(residual, residual * residual / gap)
 
 
 def extremes(
@@ -271,7 +290,7 @@ def extremes(
     if previous is not None and previous.shape == start.shape and bool(previous.isfinite().all()):
         unit = start / torch.linalg.vector_norm(start, dim=1, keepdim=True)
         start = previous / torch.linalg.vector_norm(previous, dim=1, keepdim=True).clamp_min(1e-30)
-        start = start + 0.1 * unit
+        start = start + WARM_NOISE * unit
     return lanczos(op, start, settings.tol, settings.max_iter)
 
 

@@ -1,15 +1,18 @@
 """What every gdlab figure shares: size, margins, panels, titles, PNG output, tick labels.
 
-Used by the run plots (`gdlab.sinks.plots`) and the sweep's lr plot (`gdlab.sweeps.lr_plot`),
-which import this module and never each other. It imports no matplotlib at import time: each
-function imports what it draws with, so a run with `logger.plots=false` never loads it. Figures
-are drawn through `matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend).
+Used by the run plots (`gdlab.sinks.plots`) and the sweep's plots (`gdlab.sweeps.lr_plot`,
+`gdlab.sweeps.edge_plot`), which import this module and never each other. It imports no
+matplotlib at import time: each function imports what it draws with, so a run with
+`logger.plots=false` never loads it. Figures are drawn through `matplotlib.figure.Figure` and
+the Agg canvas (no pyplot, no GUI backend).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +49,18 @@ def new_panels(count: int) -> tuple[Figure, list[Any]]:
     figure.subplots_adjust(left=0.08, right=0.98, bottom=bottom, top=top, wspace=0.22, hspace=0.32)
     axes = [figure.add_subplot(rows, cols, i + 1) for i in range(count)]
     return figure, axes
+
+
+def new_stacked() -> tuple[Figure, Any, Any]:
+    """A taller figure of two panels sharing the x axis (the step), the lower one taller:
+    the loss above what is judged against it (the sharpness plots). Only the lower panel
+    carries x tick labels."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] * 1.5), dpi=DPI)
+    figure.subplots_adjust(left=0.15, right=0.97, bottom=0.08, top=0.94, hspace=0.08)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 3]})
+    return figure, top, bottom
 
 
 def axes_box_ratio(ax: Any) -> float:
@@ -88,6 +103,37 @@ def plain_ticks(axis: Any) -> None:
     formatter = FuncFormatter(lambda value, _: f"{value:.4g}")
     axis.set_major_formatter(formatter)
     axis.set_minor_formatter(formatter)
+
+
+def loss_axis(ax: Any, values: Sequence[float]) -> None:
+    """The y scale of a loss panel: log when every finite value is positive, its labels
+    plain numbers where it spans less than two decades (`3`, `20`, not `3×10⁰`, `2×10¹`),
+    minor labels only at 2, 3 and 5 times a power of ten (a short panel has no room for
+    every one); otherwise linear with short labels."""
+    from matplotlib.ticker import FuncFormatter
+
+    finite = [v for v in values if math.isfinite(v)]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
+        if max(finite) < 100 * min(finite):
+            plain_ticks(ax.yaxis)
+            ax.yaxis.set_minor_formatter(FuncFormatter(_sparse_minor_label))
+    else:
+        plain_ticks(ax.yaxis)
+
+
+def _sparse_minor_label(value: float, _: Any) -> str:
+    if value <= 0:
+        return ""
+    lead = value / 10.0 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:.4g}" if any(abs(lead - d) < 1e-6 for d in (2, 3, 5)) else ""
+
+
+def step_ticks(axis: Any) -> None:
+    """Whole round numbers on a step axis: 0, 50, 100, never 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 2.5, 5, 10]))
 
 
 def set_title(ax: Any, text: str, width: int = 50) -> None:

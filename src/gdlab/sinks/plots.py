@@ -7,14 +7,19 @@
   path on it; with two, contour lines with the path (the regression's (w, b) plane included),
   in equal aspect when the ranges are comparable. The view frames the start, the minimiser
   and the path near them; a diverging path is cut at the edge with a "diverges" arrow;
-- `fit.png`: for one-feature linear regression, the data, the true line and the fitted line.
+- `fit.png`: for one-feature linear regression, the data, the true line and the fitted line;
+- `sharpness.png`: with `sharpness.every > 0`, the loss above and the sharpness below against
+  the step (Cohen et al. 2021, Figure 1): the sharpness the run's lr limit judges (lambda_max
+  of H for SGD, of P^-1 H for an adaptive rule), its edge-of-stability threshold (2/lr for
+  plain SGD) dashed, and lambda_min faint (the bottom axis is linear: it may be negative).
 
-The sink only keeps the logged records while the run goes (they are already small CPU copies);
-matplotlib is imported and everything is drawn at the end, through `matplotlib.figure.Figure`
-and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false` turns the sink off.
+The sink only keeps the logged records and sharpness measurements while the run goes (they are
+already small CPU copies); matplotlib is imported and everything is drawn at the end, through
+`matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false`
+turns the sink off.
 Titles carry the run's lr and momentum (from `RunInfo.hparams`).
 What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
-sweep's learning-rate plot (`gdlab.sweeps.lr_plot`) uses too.
+sweep's plots (`gdlab.sweeps.lr_plot`, `gdlab.sweeps.edge_plot`) use too.
 """
 
 from __future__ import annotations
@@ -32,16 +37,21 @@ from torch import Tensor
 from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.plotting import (
     axes_box_ratio,
+    loss_axis,
     new_figure,
+    new_stacked,
     plain_log_ticks,
     plain_ticks,
     png_bytes,
     set_title,
+    step_ticks,
 )
 from gdlab.plotting import png_size as png_size  # re-exported: gdlab.sinks.tensorboard uses it
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from gdlab.curvature import SharpnessPoint
 
 log = logging.getLogger("gdlab")
 
@@ -54,6 +64,9 @@ REACH = 5.0
 PAD = 0.15
 #: contours get equal aspect when their two ranges differ by at most this factor
 EQUAL_ASPECT = 10.0
+#: the sharpness panel turns symlog when a value exceeds its typical scale this many times
+#: (a diverging run's curvature explodes; a linear axis would flatten the rest to zero)
+SYMLOG_SPAN = 1e3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -477,6 +490,123 @@ def fit_figure(objective: Any, fitted: dict[str, Tensor], title: str) -> Figure:
     return figure
 
 
+def symlog_axis(axis: Any, values: Sequence[float], linthresh: float) -> None:
+    """A symlog scale, linear within +-linthresh, with a tick at 0 and at most about eight
+    powers of ten on each side (every one would crowd a panel spanning 20 decades)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    axis.axes.set_yscale("symlog", linthresh=linthresh)
+    start = round(math.log10(linthresh))
+    ticks = [0.0]
+    for sign in (1.0, -1.0):
+        reach = max([sign * v for v in values if math.isfinite(v)], default=0.0)
+        if reach <= 0:
+            continue
+        stop = max(start, math.ceil(math.log10(reach)))
+        stride = max(1, math.ceil((stop - start + 1) / 8))
+        ticks += [sign * 10.0**e for e in range(start, stop + 1, stride)]
+    axis.set_major_locator(FixedLocator(sorted(ticks)))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: power_label(v)))
+
+
+def power_label(value: float) -> str:
+    """`0`, `1e20`, `-1e3`: a signed power of ten, short."""
+    if value == 0:
+        return "0"
+    return f"{'-' if value < 0 else ''}1e{round(math.log10(abs(value)))}"
+
+
+def threshold_label(points: Sequence[SharpnessPoint], rule: str | None) -> str:
+    """`2/lr = 20` for plain SGD; `threshold for optimizer=adam: 38/lr` otherwise (the
+    constant c = threshold x lr where it is one number, the value where it is one)."""
+    pairs = [(p.threshold, p.lr) for p in points if p.threshold is not None and p.lr]
+    constants = {float(f"{t * lr:.6g}") for t, lr in pairs}
+    values = {float(f"{t:.6g}") for t, _ in pairs}
+    value = f" = {next(iter(values)):.4g}" if len(values) == 1 else ""
+    if constants == {2.0} and rule in (None, "sgd"):
+        return f"2/lr{value}"
+    head = f"threshold for optimizer={rule or '?'}"
+    return f"{head}: {next(iter(constants)):.3g}/lr{value}" if len(constants) == 1 else head
+
+
+def sharpness_figure(
+    points: Sequence[SharpnessPoint],
+    steps: Sequence[int],
+    losses: Sequence[float],
+    title: str,
+    rule: str | None = None,
+) -> Figure:
+    """Loss above, sharpness below, against the step (Cohen et al. 2021, Figure 1).
+
+    Below: the sharpness the lr limit judges (lambda_max(H) for SGD; lambda_max(P^-1 H) for
+    an adaptive rule, from its first step on) and, dashed, the threshold at which this lr is
+    the edge of stability (held between measurements: a schedule moves it in steps). For SGD
+    lambda_min(H) is drawn faint; an adaptive rule's is left out, as H's scale is not P^-1
+    H's. A linear axis, as lambda_min may be negative; symlog when a diverging run's values
+    dwarf the rest (`SYMLOG_SPAN`). A threshold that climbs far above the sharpness (a
+    decaying lr) is cut at the top, where it says how high it goes, so the sharpness keeps
+    the panel.
+    """
+    figure, top, bottom = new_stacked()
+    loss_points = [(s, v) for s, v in zip(steps, losses, strict=True) if math.isfinite(v)]
+    if not loss_points:  # no logged loss: the full objective at each measurement
+        loss_points = [(p.step, p.loss) for p in points if math.isfinite(p.loss)]
+    top.plot([s for s, _ in loss_points], [v for _, v in loss_points], color="tab:blue", lw=1.5)
+    loss_axis(top, [v for _, v in loss_points])
+    top.set_ylabel("loss")
+    top.grid(True, alpha=0.3)
+    set_title(top, title)
+
+    adaptive = any(p.preconditioned is not None for p in points)
+    marker = "o" if len(points) <= 60 else None
+
+    def curve(value: Callable[[SharpnessPoint], float | None]) -> tuple[list[int], list[float]]:
+        kept = [(p.step, v) for p in points if (v := value(p)) is not None and math.isfinite(v)]
+        return [s for s, _ in kept], [v for _, v in kept]
+
+    xs, judged = curve(lambda p: p.preconditioned if adaptive else p.lambda_max)
+    name = "λ_max(P⁻¹H)" if adaptive else "sharpness λ_max(H)"
+    bottom.plot(xs, judged, color="tab:red", lw=1.8, marker=marker, ms=3, label=name)
+    drawn = list(judged)
+    if not adaptive:
+        xs, lows = curve(lambda p: p.lambda_min)
+        bottom.plot(xs, lows, color="tab:purple", lw=1.0, alpha=0.45, label="λ_min(H)")
+        drawn += lows
+    if any(v < 0 for v in drawn):
+        bottom.axhline(0.0, color="0.5", lw=0.8)
+    xs, limits = curve(lambda p: p.threshold)
+    cap = None
+    if limits:
+        cap = 1.15 * max([*judged, min(limits)])
+        label = threshold_label(points, rule)
+        if max(limits) > cap:
+            label += f" (up to {max(limits):.3g}, off the top)"
+        else:
+            cap = None
+        bottom.plot(xs, limits, color="black", ls="--", lw=1.3, drawstyle="steps-post",
+                    label=label)  # fmt: skip
+    # the typical scale: where the run starts, or its threshold (not a diverged run's median)
+    typical = [abs(judged[0])] if judged else []
+    typical += [sorted(limits)[len(limits) // 2]] if limits else []
+    scale = min([v for v in typical if v > 0], default=0.0)
+    if scale > 0 and drawn and max(abs(v) for v in drawn) > SYMLOG_SPAN * scale:
+        symlog_axis(bottom.yaxis, drawn, 10.0 ** math.floor(math.log10(scale)))
+        if cap is not None:
+            bottom.set_ylim(top=cap)
+    else:
+        plain_ticks(bottom.yaxis)
+        if cap is not None:
+            low = min([0.0, *drawn])
+            bottom.set_ylim(low - 0.05 * (cap - low), cap)
+    step_ticks(bottom.xaxis)
+    bottom.set_ylabel("preconditioned sharpness" if adaptive else "sharpness")
+    bottom.set_xlabel("step")
+    bottom.grid(True, alpha=0.3)
+    bottom.legend(loc="best", fontsize=8)
+    return figure
+
+
 def is_one_feature_regression(objective: Any, params: dict[str, Tensor]) -> bool:
     X = getattr(objective, "X", None)
     return (
@@ -491,7 +621,8 @@ def is_one_feature_regression(objective: Any, params: dict[str, Tensor]) -> bool
 
 
 class PlotSink:
-    """Keeps the logged points; draws loss.png, landscape.png and fit.png when the run ends.
+    """Keeps the logged points; draws loss.png, landscape.png, fit.png and sharpness.png
+    when the run ends.
 
     `images` (the TensorBoard sink's `add_image`) also receives each PNG as `plots/<name>`
     (filed under `train_plots/` in TensorBoard).
@@ -506,6 +637,8 @@ class PlotSink:
         self.images = images
         self.info: RunInfo | None = None
         self.records: list[LogRecord] = []
+        #: the Hessian measurements (`sharpness.every`), from the trainer's `log_sharpness`
+        self.sharpness: list[SharpnessPoint] = []
         self.written: list[Path] = []
 
     def start(self, info: RunInfo) -> None:
@@ -514,15 +647,25 @@ class PlotSink:
     def log(self, record: LogRecord) -> None:
         self.records.append(record)
 
+    def log_sharpness(self, point: SharpnessPoint) -> None:
+        self.sharpness.append(point)
+
     def finish(self, result: RunResult) -> None:
-        if not self.records:
-            return
         title = self._title(result)
-        for filename, draw in (
-            ("loss", lambda: self._loss(title, result)),
-            ("landscape", lambda: self._landscape(result, title)),
-            ("fit", lambda: self._fit(result, title)),
-        ):
+        plots: list[tuple[str, Callable[[], Figure | None]]] = []
+        if self.records:
+            plots += [
+                ("loss", lambda: self._loss(title, result)),
+                ("landscape", lambda: self._landscape(result, title)),
+                ("fit", lambda: self._fit(result, title)),
+            ]
+        if result.sharpness:  # the whole history, points of a resumed run's earlier sessions too
+            from gdlab.curvature import SharpnessPoint
+
+            self.sharpness = [SharpnessPoint(**p) for p in result.sharpness["history"]]
+        if self.sharpness:
+            plots.append(("sharpness", lambda: self._sharpness(title)))
+        for filename, draw in plots:
             try:
                 figure = draw()
                 if figure is not None:
@@ -573,6 +716,12 @@ class PlotSink:
         target = flat({k: minimizer[k] for k in params}) if minimizer else None
         losses = [r.loss for r in self.records]
         return landscape_figure(objective.loss, template, path, losses, target, title)
+
+    def _sharpness(self, title: str) -> Figure:
+        rule = self.info.hparams.get("optimizer.name") if self.info else None
+        steps = [r.step for r in self.records]
+        losses = [r.loss for r in self.records]
+        return sharpness_figure(self.sharpness, steps, losses, title, rule)
 
     def _fit(self, result: RunResult, title: str) -> Figure | None:
         if self.objective is None or not is_one_feature_regression(self.objective, result.params):

@@ -477,6 +477,8 @@ class SweepSummary:
     plot_path: Path | None = None
     #: the race's paths.png, paths.gif, losses.png and TensorBoard run (gdlab.sweeps.race)
     race_paths: list[Path] = field(default_factory=list)
+    #: edge_of_stability.png, where the jobs measured their sharpness (gdlab.sweeps.edge_plot)
+    edge_path: Path | None = None
 
     @property
     def failed(self) -> list[JobRow]:
@@ -484,8 +486,9 @@ class SweepSummary:
 
 
 def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
-    """Read every job of the sweep back and write summary.csv, summary.md (and lr.png, and
-    the race's pictures when the runs share one landscape of one or two numbers)."""
+    """Read every job of the sweep back and write summary.csv, summary.md (and lr.png, the
+    race's pictures when the runs share one landscape of one or two numbers, and
+    edge_of_stability.png when they measured their sharpness)."""
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
@@ -498,6 +501,10 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
         from gdlab.sweeps.race import draw_race  # torch and matplotlib only to draw
 
         summary.race_paths = draw_race(sweep_dir, rows)
+    if plot and has_sharpness(rows):
+        from gdlab.sweeps.edge_plot import draw_edge_of_stability
+
+        summary.edge_path = draw_edge_of_stability(sweep_dir, rows)
     return summary
 
 
@@ -508,5 +515,6 @@ def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> N
     if summary.rows and top > 0:
         print(markdown_table(summary.rows, limit=top), file=stream)
     written = [summary.csv_path, summary.md_path, summary.plot_path, *summary.race_paths]
+    written.append(summary.edge_path)
     print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
     stream.flush()
