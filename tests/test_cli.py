@@ -16,10 +16,10 @@ from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 #: single-run experiments; the race_* presets are sweeps (tests/test_race.py runs them)
-EXPERIMENTS = sorted(
+EXPERIMENTS = sorted(  # the multirun presets (races, edge_of_stability) have tests of their own
     p.stem
     for p in (REPO / "configs" / "experiment").glob("*.yaml")
-    if not p.stem.startswith("race_")
+    if "mode: MULTIRUN" not in p.read_text()
 )
 
 

@@ -373,3 +373,23 @@ def test_population_json_and_summary_carry_the_final_sharpness(tmp_path: Path) -
     assert float(by_lr[0.001]["sharpness.lr_limit"]) == pytest.approx(
         2 / data["sharpness_lambda_max"][1]
     )
+
+
+def test_the_edge_of_stability_preset_reaches_2_over_lr_and_stays_there() -> None:
+    """The preset's network, narrower and on fewer samples so that it takes seconds: lambda_max
+    starts well below 2/lr, reaches it, and hovers near it while the loss falls overall."""
+    overrides = ["experiment=edge_of_stability", "objective.widths=[64,64]",
+                 "objective.n_samples=200", "optimizer.lr=0.5", "trainer.steps=500"]  # fmt: skip
+    cfg = compose_config(["trainer.progress=false", "sharpness.every=20", *overrides])
+    result = build(cfg).trainer.run()
+    assert result.status == "finished"
+    history = result.sharpness["history"]
+    assert all(p["method"] == "lanczos" for p in history)
+    ratios = [p["lambda_max"] / p["threshold"] for p in history]  # threshold: 2/lr
+    assert ratios[0] < 0.8  # progressive sharpening starts below the edge ...
+    reached = next(p["step"] for p, r in zip(history, ratios, strict=True) if r >= 0.97)
+    assert reached <= 200  # ... reaches it ...
+    late = [r for p, r in zip(history, ratios, strict=True) if p["step"] >= 250]
+    assert all(0.9 <= r <= 1.2 for r in late), late  # ... and hovers there
+    assert history[-1]["ratio"] == pytest.approx(ratios[-1])
+    assert result.final_loss < 0.2 * history[0]["loss"]  # while the loss falls overall

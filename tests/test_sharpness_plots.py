@@ -207,3 +207,21 @@ def test_importing_the_edge_plot_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_edge_of_stability_command_draws_its_picture(tmp_path: Path) -> None:
+    """`gdlab experiment=edge_of_stability` is a multirun by itself; smaller here, for time."""
+    from tests.conftest import run_cli
+
+    proc = run_cli(
+        "experiment=edge_of_stability", "trainer.steps=120", "objective.n_samples=100",
+        "objective.widths=[16,16]", "sharpness.every=40", "logger.tensorboard=false",
+        "optimizer.lr=0.1,0.4", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert (sweep_dir / "edge_of_stability.png").stat().st_size > 10_000
+    header = (sweep_dir / "summary.csv").read_text().splitlines()[0].split(",")
+    assert "sharpness.lambda_max" in header and "sharpness.lr_limit" in header
+    assert len(list(sweep_dir.glob("*/sharpness.png"))) == 2
