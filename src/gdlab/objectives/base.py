@@ -98,3 +98,24 @@ def positive_int(key: str, value: object) -> int:
         f"{key}={value!r} must be an integer >= 1",
     )
     return int(value)  # type: ignore[arg-type]
+
+
+def integer(key: str, value: object) -> int:
+    """A config value that must be an integer (a seed), naming the key when it is not one."""
+    require(
+        isinstance(value, int) and not isinstance(value, bool),
+        f"{key}={value!r} must be an integer",
+    )
+    return int(value)  # type: ignore[arg-type]
+
+
+def mini_batch_size(value: object, n_samples: int) -> int | None:
+    """`objective.batch_size`: None (full batch) or an integer in [1, n_samples]."""
+    if value is None:
+        return None
+    size = positive_int("objective.batch_size", value)
+    require(
+        size <= n_samples,
+        f"objective.batch_size={size} exceeds objective.n_samples={n_samples}",
+    )
+    return size

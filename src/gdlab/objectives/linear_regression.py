@@ -17,6 +17,8 @@ from gdlab.objectives.base import (
     Params,
     finite_float,
     float_vector,
+    integer,
+    mini_batch_size,
     positive_int,
     require,
 )
@@ -86,18 +88,8 @@ class LinearRegression(Objective):
         self.true_b = finite_float("objective.true_b", true_b)
         self.noise_std = finite_float("objective.noise_std", noise_std)
         require(self.noise_std >= 0, f"objective.noise_std={noise_std!r} must be >= 0")
-        require(
-            isinstance(data_seed, int) and not isinstance(data_seed, bool),
-            f"objective.data_seed={data_seed!r} must be an integer",
-        )
-        self.data_seed = int(data_seed)
-        if batch_size is not None:
-            batch_size = positive_int("objective.batch_size", batch_size)
-            require(
-                batch_size <= self.n_samples,
-                f"objective.batch_size={batch_size} exceeds objective.n_samples={self.n_samples}",
-            )
-        self.batch_size = batch_size
+        self.data_seed = integer("objective.data_seed", data_seed)
+        self.batch_size = mini_batch_size(batch_size, self.n_samples)
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         gen = torch.Generator(device=device).manual_seed(self.data_seed)

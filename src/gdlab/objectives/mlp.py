@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gdlab.errors import GdlabError
-from gdlab.objectives.base import Objective, Params, positive_int, require
+from gdlab.objectives.base import (
+    Objective,
+    Params,
+    integer,
+    mini_batch_size,
+    positive_int,
+    require,
+)
 
 
 def identity(x: Tensor) -> Tensor:
@@ -92,18 +99,8 @@ class MLP(Objective):
         self.activation = one_of("objective.activation", activation, list(ACTIVATIONS))
         self.loss_fn = one_of("objective.loss_fn", loss_fn, LOSSES)
         self.labels = one_of("objective.labels", labels, LABELS)
-        require(
-            isinstance(data_seed, int) and not isinstance(data_seed, bool),
-            f"objective.data_seed={data_seed!r} must be an integer",
-        )
-        self.data_seed = int(data_seed)
-        if batch_size is not None:
-            batch_size = positive_int("objective.batch_size", batch_size)
-            require(
-                batch_size <= self.n_samples,
-                f"objective.batch_size={batch_size} exceeds objective.n_samples={self.n_samples}",
-            )
-        self.batch_size = batch_size
+        self.data_seed = integer("objective.data_seed", data_seed)
+        self.batch_size = mini_batch_size(batch_size, self.n_samples)
         self._act = ACTIVATIONS[self.activation]
 
     @property

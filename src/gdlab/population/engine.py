@@ -259,16 +259,7 @@ class PopulationTrainer:
                     keep = active.nonzero().reshape(-1)
                     params = {k: rows_of(v, keep) for k, v in params.items()}
                     grads = {k: rows_of(v, keep) for k, v in grads.items()}
-                    state = {
-                        k: [None if b is None else rows_of(b, keep) for b in v]
-                        if isinstance(v, list)
-                        else v
-                        for k, v in state.items()
-                    }
-                    hyper = {
-                        k: rows_of(v, keep) if isinstance(v, Tensor) else v
-                        for k, v in hyper.items()
-                    }
+                    state, hyper = state_rows(state, keep), hyper_rows(hyper, keep)
                     slots, index = rows_of(slots, keep), rows_of(index, keep)
                     active = rows_of(active, keep)
                     final.keep_rows(keep)
@@ -321,15 +312,7 @@ class _MemberSharpness:
         picked = picked[[self.measured_at[m] != step for m in rows_of(index, picked).tolist()]]
         for chunk in _row_blocks(picked, trainer.chunk_size):
             part = {k: rows_of(v, chunk) for k, v in params.items()}
-            part_state = {
-                k: [None if b is None else rows_of(b, chunk) for b in v]
-                if isinstance(v, list)
-                else v
-                for k, v in state.items()
-            }
-            part_hyper = {
-                k: rows_of(v, chunk) if isinstance(v, Tensor) else v for k, v in hyper.items()
-            }
+            part_state, part_hyper = state_rows(state, chunk), hyper_rows(hyper, chunk)
             lr = lr_at(trainer.schedule, part_hyper["lr"], step, trainer.settings.steps)
             members = rows_of(index, chunk).tolist()
             points = self.probe.measure(
@@ -340,6 +323,19 @@ class _MemberSharpness:
                 if self.initial[member] is None:
                     self.initial[member] = values
                 self.final[member], self.measured_at[member] = values, step
+
+
+def state_rows(state: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+    """The update rule's state (per-parameter buffer lists, the step count) of `rows`."""
+    return {
+        k: [None if b is None else rows_of(b, rows) for b in v] if isinstance(v, list) else v
+        for k, v in state.items()
+    }
+
+
+def hyper_rows(hyper: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+    """The rule's arguments of `rows` (per-member tensors cut, shared numbers kept)."""
+    return {k: rows_of(v, rows) if isinstance(v, Tensor) else v for k, v in hyper.items()}
 
 
 def _probe_batch(trainer: PopulationTrainer, count: int) -> Tensor:
