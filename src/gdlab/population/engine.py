@@ -28,6 +28,7 @@ from gdlab.events import RunResult
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import RULES
 from gdlab.population.batching import BatchedLoss, auto_chunk_size, rows_of
+from gdlab.population.compiled import Step, compile_choice, wants_compile
 from gdlab.population.members import Members, member_base
 from gdlab.rules import (
     GO_ON,
@@ -143,6 +144,7 @@ class PopulationTrainer:
         shared: Mapping[str, Any] | None = None,
         sharpness: SharpnessSettings | None = None,
         name: str = "",
+        compile: str | bool = "auto",
     ) -> None:
         if len(members) == 0:
             raise GdlabError("a population needs at least one member")
@@ -167,6 +169,10 @@ class PopulationTrainer:
         #: L, the largest Hessian eigenvalue where it is constant (SGD's members' lr limit)
         self.curvature = curvature(objective, self.mini_batch) if members.rule == "sgd" else None
         self.eps = precision(dtype)
+        #: hydra.sweeper.compile: auto, true or false (gdlab.population.compiled)
+        self.compile = compile_choice(compile)
+        self.compiled, self.compile_note = False, ""
+        self.program: Step | None = None  # the step run() builds (gdlab.population.compiled)
         #: the members' sharpness measurements (sharpness.every > 0), judged by their rule
         self.sharpness: Sharpness | None = None
         if sharpness is not None and sharpness.every > 0:
@@ -210,13 +216,17 @@ class PopulationTrainer:
         start_time = time.perf_counter()
         params, slots, generators = self._initial_params()
         hyper = self.members.hyperparameters(self.device, self.shared)
-        update = RULES[self.members.rule][0]
         sampler = None
         if self.mini_batch:
             n, batch_size = data_shape(self.objective)
             sampler = BatchSampler(n, batch_size, generators, self.device)  # type: ignore[arg-type]
         probes = [None] if sampler is None else [_probe_batch(self, count), None]
         self.batched.choose(params, probes)
+        compiled = wants_compile(self.compile, count, settings.steps)
+        program = Step(self.batched, RULES[self.members.rule][0], point_stats, compiled)
+        self.program = program
+        #: whether the step ran compiled, and why not where it was asked to
+        self.compiled, self.compile_note = program.compiled, program.note
         # a parameter the loss does not use has no gradient: left alone, as in a plain run
         used = [k for k in params if k not in self.batched.unused]
         state: dict[str, Any] = {}  # the rule's buffers (lists aligned with `used`), its step
@@ -236,7 +246,7 @@ class PopulationTrainer:
             # point) is measured on the full batch, as in the plain trainer.
             full = last or interrupted or sampler is None
             batch = None if full else sampler.next_per_member(slots)  # type: ignore[union-attr]
-            loss, grads = self.batched(params, batch)
+            loss, grads = program.grads(params, batch)
             if sharp is not None and not (last or interrupted) and sharp.probe.due(step):
                 sharp.measure(self, step, params, state, hyper, index, active, loss, used)
             if interrupted:
@@ -266,15 +276,9 @@ class PopulationTrainer:
             if last:
                 break
             lr = lr_at(self.schedule, hyper["lr"], step, settings.steps)
-            with torch.no_grad():
-                update(
-                    [params[k] for k in used],
-                    [grads[k] for k in used],
-                    state,
-                    **{**hyper, "lr": lr},
-                    members=True,
-                )
+            program.update([params[k] for k in used], [grads[k] for k in used], state, hyper, lr)
         wall = time.perf_counter() - start_time
+        self.compiled, self.compile_note = program.compiled, program.note  # after any fall-back
         result = final.result(self, wall, step)
         if sharp is not None:
             result.sharpness_initial, result.sharpness_final = sharp.initial, sharp.final
@@ -361,8 +365,10 @@ class _Final:
         self.grad_norm = torch.full_like(self.loss, math.nan)
         self.params = {k: torch.empty_like(v) for k, v in params.items()}
         self.initial: Tensor | None = None  # float64 [members]: the full objective at step 0
-        self.history: Tensor | None = None  # float64 [rows, <= TREND_POINTS]: recent losses
+        #: float64 [rows, TREND_POINTS]: the recent losses, a ring (column `_slot` is next)
+        self.history: Tensor | None = None
         self.history_steps: list[int] = []  # ... logged at these steps (the same for all rows)
+        self._slot = 0
 
     def check(
         self,
@@ -384,13 +390,9 @@ class _Final:
         again, whatever its (no longer used) row holds later.
         """
         s = trainer.settings
-        rows = loss.shape[0]
         with torch.no_grad():
-            grad_norm = torch.linalg.vector_norm(_norms(grads, rows), dim=1)
-            param_norm = _norms(params, rows).amax(dim=1)
-            stats = torch.stack([loss.detach().reshape(rows), grad_norm, param_norm]).double()
-        loss64, grad64, param64 = stats
-        codes = stop_code(loss64, grad64, param64, s.tol, s.divergence_bound)
+            stats, codes = trainer.program.stats(loss, grads, params, s.tol, s.divergence_bound)
+        loss64 = stats[0]  # exact in float64 (converted where judged)
         rule = codes != GO_ON
         interrupted = end is not None and end[0] == Status.INTERRUPTED
         if not interrupted:
@@ -407,8 +409,8 @@ class _Final:
         if done.numel() == 0:
             return 0
         done_members = rows_of(index, done)
-        self.loss.index_copy_(0, done_members, rows_of(stats[0], done))
-        self.grad_norm.index_copy_(0, done_members, rows_of(stats[1], done))
+        self.loss.index_copy_(0, done_members, rows_of(stats[0], done).double())
+        self.grad_norm.index_copy_(0, done_members, rows_of(stats[1], done).double())
         for k, v in params.items():
             self.params[k].index_copy_(0, done_members, rows_of(v.detach(), done))
         active.index_fill_(0, done, False)
@@ -418,15 +420,24 @@ class _Final:
         """Keep the initial loss (by member) and the working rows' last TREND_POINTS
         full-batch losses (by row), for the end verdict."""
         if step == 0 and self.initial is None:
-            self.initial = loss64.clone()  # at step 0 every member is a working row, in order
+            self.initial = loss64.double()  # at step 0 every member is a working row, in order
         if mini_batch:
             return  # logged losses are batch losses: the end verdict uses the full objective
-        column = loss64.reshape(-1, 1)
-        self.history_steps = [*self.history_steps[1 - TREND_POINTS :], step]
+        # a ring of columns: one column written per log point, never the whole history copied
         if self.history is None:
-            self.history = column
-        else:
-            self.history = torch.cat([self.history[:, 1 - TREND_POINTS :], column], dim=1)
+            self.history = torch.full((loss64.shape[0], TREND_POINTS), math.nan, dtype=loss64.dtype,
+                                      device=loss64.device)  # fmt: skip
+        self.history[:, self._slot] = loss64
+        self._slot = (self._slot + 1) % TREND_POINTS
+        self.history_steps = [*self.history_steps[1 - TREND_POINTS :], step]
+
+    def recent(self, rows: Tensor) -> list[Tensor]:
+        """The recent losses of `rows`, oldest first: one [rows] column per log point kept."""
+        assert self.history is not None
+        kept = len(self.history_steps)
+        order = [(self._slot - kept + i) % TREND_POINTS for i in range(kept)]
+        part = rows_of(self.history, rows)
+        return [part[:, c].double() for c in order]
 
     def keep_rows(self, keep: Tensor) -> None:
         """The working set shrinks to rows `keep`: so does the loss history."""
@@ -445,9 +456,9 @@ class _Final:
             return
         initial = rows_of(self.initial, members)
         if trainer.mini_batch or self.history is None:
-            history = [rows_of(loss64, rest)]
+            history = [rows_of(loss64, rest).double()]
         else:
-            history = list(rows_of(self.history, rest).T)
+            history = self.recent(rest)
         codes = end_code(initial, history, trainer.eps, not trainer.mini_batch, self.history_steps)
         condemned = (codes != GO_ON).nonzero().reshape(-1)
         for block in _row_blocks(condemned):
@@ -552,6 +563,22 @@ def _row_blocks(rows: Tensor, size: int = 1 << 16) -> list[Tensor]:
     return [rows[start : start + size] for start in range(0, rows.numel(), size)]
 
 
+def point_stats(
+    loss: Tensor, grads: Params, params: Params, tol: float, bound: float
+) -> tuple[Tensor, Tensor]:
+    """At a log point: [loss, gradient norm, largest parameter norm] per member ([3, K], in
+    the run's dtype) and each member's stop code (gdlab.rules.stop_code, int8): one fused
+    program when the step is compiled."""
+    rows = loss.shape[0]
+    grad_norm = torch.linalg.vector_norm(_norms(grads, rows), dim=1)
+    param_norm = _norms(params, rows).amax(dim=1)
+    stats = torch.stack([loss.detach().reshape(rows), grad_norm, param_norm])
+    # judged in float64, as the plain trainer judges its Python floats (exact conversions);
+    # kept in the run's dtype, half the memory traffic of float64 in a float32 run
+    wide = stats.double()
+    return stats, stop_code(wide[0], wide[1], wide[2], tol, bound).to(torch.int8)
+
+
 def _norms(tensors: Params, rows: int) -> Tensor:
     """2-norm of each tensor per member: [members, tensors]."""
     return torch.stack(
@@ -565,8 +592,10 @@ def from_config(
     columns: Mapping[str, Sequence[Any]] | None = None,
     strategy: str = "auto",
     chunk_size: int | None = None,
+    compile: str | bool = "false",
 ) -> PopulationTrainer:
-    """A population over `cfg`: `columns` (member field -> values) vary, the rest is `cfg`'s.
+    """A population over `cfg`: `columns` (member field -> values) vary, the rest is `cfg`'s
+    (`compile`: hydra.sweeper.compile's choices; eager unless asked).
 
     The shared part is built by `gdlab.problem.build_problem`, so it is checked and
     interpreted exactly as for a plain run (objective, data on the device, steps, log points,
@@ -591,4 +620,5 @@ def from_config(
         shared=problem.values,
         sharpness=problem.sharpness,
         name=problem.name,
+        compile=compile,
     )

@@ -165,12 +165,14 @@ def is_sweep_itself(key: str) -> bool:
 def check_options(options: dict[str, Any]) -> None:
     """Refuse bad `hydra.sweeper.*` settings before any job runs, naming the key."""
     from gdlab.population.batching import STRATEGIES
+    from gdlab.population.compiled import compile_choice
 
     strategy = options.get("strategy", "auto")
     if strategy not in STRATEGIES:
         raise GdlabError(
             f"hydra.sweeper.strategy={strategy!r} is not allowed; allowed: {', '.join(STRATEGIES)}"
         )
+    compile_choice(options.get("compile", "auto"))
     for key in ("chunk_size", "hparams_members"):
         value = options.get(key)
         if value is not None and (

@@ -13,6 +13,7 @@ composed with its non-batchable overrides plus `+population=<n>`.
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -36,6 +37,8 @@ class PopulationSweeperConf:
     chunk_size: int | None = None
     #: TensorBoard HParams rows (one run directory each) per job at most; null: every member
     hparams_members: int | None = 400
+    #: the step compiled by torch.compile: auto (large jobs), true or false
+    compile: Any = "auto"
     #: sweep overrides given in the config, as Hydra's basic sweeper takes them
     params: dict[str, str] | None = None
 
@@ -55,6 +58,7 @@ class PopulationSweeper(Sweeper):
         chunk_size: int | None = None,
         hparams_members: int | None = 400,
         params: dict[str, str] | None = None,
+        compile: Any = "auto",
     ) -> None:
         super().__init__()
         self.max_members = max_members
@@ -62,6 +66,7 @@ class PopulationSweeper(Sweeper):
             "strategy": strategy,
             "chunk_size": chunk_size,
             "hparams_members": hparams_members,
+            "compile": compile,
         }
         self.params = dict(params or {})
         self.hydra_context: HydraContext | None = None
