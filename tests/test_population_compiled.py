@@ -169,3 +169,19 @@ def test_inductors_cache_goes_under_the_users_cache_directory(tmp_path, monkeypa
     # the user's own choice is kept
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert inductor_cache_dir() == tmp_path / "mine"
+
+
+def test_a_million_members_settings_are_checked_fast_and_still_exactly() -> None:
+    import time
+
+    from gdlab.settings import member_problems
+
+    lrs = [1e-6 * (i + 1) for i in range(1_000_000)]
+    start = time.perf_counter()
+    assert member_problems({"lr": lrs}, {}, len(lrs)) == {}
+    assert time.perf_counter() - start < 5  # judged at its two ends, not value by value
+    for bad, index in ((math.nan, 500_000), (-1.0, 0), (math.inf, 999_999)):
+        column = list(lrs)
+        column[index] = bad
+        problems = member_problems({"lr": column}, {}, len(column))
+        assert list(problems) == [index] and "optimizer.lr" in problems[index]

@@ -47,7 +47,9 @@ class Setting:
     kind: type  # float, int, bool, str or an Enum
     default: Any
     allowed: str = ""  # the allowed values in words: "must be <allowed>"
-    valid: Callable[[Any], bool] | None = None  # the range check (None: any value of `kind`)
+    #: the range check (None: any value of `kind`); for numbers, the allowed values must form
+    #: one interval (a column of members is judged at its two ends: `member_problems`)
+    valid: Callable[[Any], bool] | None = None
     nullable: bool = False  # null is allowed (and passes the range check)
     batchable: bool = False  # a population member may have its own value
     hparam: bool = False  # every run reports it in TensorBoard's HParams
@@ -288,6 +290,8 @@ def member_problems(
     found: dict[int, str] = {}
     checks: list[tuple[tuple[str, ...], Callable[[Sequence[Any]], str | None]]] = []
     for setting in SETTINGS:
+        if setting.key in keyed and _all_in_range(setting, keyed[setting.key]):
+            continue  # a million distinct learning rates, judged at their two ends
         checks.append(((setting.key,), lambda vs, s=setting: _typed_problem(s, vs[0])))
     for constraint in CONSTRAINTS:
         checks.append((constraint.keys, constraint.problem))
@@ -307,6 +311,18 @@ def member_problems(
             if message is not None and i not in found:
                 found[i] = message
     return found
+
+
+def _all_in_range(setting: Setting, column: Sequence[Any]) -> bool:
+    """Whether every value of `column` passes `setting`'s check, judged at the column's
+    smallest and largest value: a numeric row's allowed values form one interval. False
+    (judge each value) unless every value is a finite number of the row's own type."""
+    kind = setting.kind
+    if kind not in (float, int) or not column or not all(type(v) is kind for v in column):
+        return False
+    if kind is float and not math.isfinite(sum(column)):  # a NaN or an infinity somewhere
+        return False
+    return setting.problem(min(column)) is None and setting.problem(max(column)) is None
 
 
 def _typed_problem(setting: Setting, value: Any) -> str | None:

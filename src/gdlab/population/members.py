@@ -94,6 +94,9 @@ class Members:
             raise GdlabError(problems[min(problems)])
         for name, column in self.columns.items():
             key = MEMBER_KEYS[name]
+            kind = BY_KEY[key].kind
+            if kind in (float, int) and all(type(v) is kind for v in column):
+                continue  # already what the update needs (the common case: no copy)
             self.columns[name] = [coerce(key, v) for v in column]
 
     def hyperparameters(
