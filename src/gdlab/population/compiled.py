@@ -110,7 +110,7 @@ class Step:
         self.note = why  # why the step is not compiled, when it was asked to be
         self._grads: Callable[..., tuple[Tensor, Params]] | None = None
         self._update: Callable[..., None] | None = None
-        self._stats: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self._observed: Callable[..., Any] | None = None
         if compiled:
             self._compile()
 
@@ -123,16 +123,24 @@ class Step:
         log.info("gdlab: compiling the population step (torch.compile, cache %s)", cache)
         impl, loss = _IMPLEMENTATIONS[strategy], self.batched.loss
 
+        stats = self.point_stats
+
         def grads(params: Params, batch: Tensor | None) -> tuple[Tensor, Params]:
             return impl(loss, params, batch)
 
+        def observed(
+            params: Params, batch: Tensor | None, tol: float, bound: float
+        ) -> tuple[Tensor, Params, tuple[Tensor, Tensor]]:
+            value, gradients = impl(loss, params, batch)
+            return value, gradients, stats(value, gradients, params, tol, bound)
+
         self._grads = torch.compile(grads, fullgraph=True, dynamic=True)
+        self._observed = torch.compile(observed, fullgraph=True, dynamic=True)
         self._update = torch.compile(self.rule_update, fullgraph=True, dynamic=True)
-        self._stats = torch.compile(self.point_stats, fullgraph=True, dynamic=True)
         self.compiled = True
 
     def _eager(self, why: str) -> None:
-        self.compiled, self._grads, self._update, self._stats = False, None, None, None
+        self.compiled, self._grads, self._update, self._observed = False, None, None, None
         self.note = why
         log.warning("gdlab: running the population step eager: %s", why)
 
@@ -150,22 +158,25 @@ class Step:
             self._eager(f"torch.compile failed ({type(err).__name__}: {text})")
             return False, None
 
-    def grads(self, params: Params, batch: Tensor | None) -> tuple[Tensor, Params]:
+    def grads(
+        self, params: Params, batch: Tensor | None, limits: tuple[float, float] | None = None
+    ) -> tuple[Tensor, Params, tuple[Tensor, Tensor] | None]:
+        """Every member's loss and gradient; at a log point (`limits`: trainer.tol and
+        trainer.divergence_bound) also `point_stats`' statistics and stop codes, computed in
+        the same pass when compiled."""
         if self.compiled:
-            ok, out = self._call(self._grads, params, batch)
+            ok, out = (
+                self._call(self._grads, params, batch)
+                if limits is None
+                else self._call(self._observed, params, batch, *limits)
+            )
             if ok:
-                return out
-        return self.batched(params, batch)
-
-    def stats(
-        self, loss: Tensor, grads: Params, params: Params, tol: float, bound: float
-    ) -> tuple[Tensor, Tensor]:
-        """A log point's statistics and stop codes (gdlab.population.engine.point_stats)."""
-        if self.compiled:
-            ok, out = self._call(self._stats, loss, grads, params, tol, bound)
-            if ok:
-                return out
-        return self.point_stats(loss, grads, params, tol, bound)
+                return (*out, None) if limits is None else out
+        value, gradients = self.batched(params, batch)
+        if limits is None:
+            return value, gradients, None
+        with torch.no_grad():
+            return value, gradients, self.point_stats(value, gradients, params, *limits)
 
     def update(
         self,

@@ -246,18 +246,20 @@ class PopulationTrainer:
             # point) is measured on the full batch, as in the plain trainer.
             full = last or interrupted or sampler is None
             batch = None if full else sampler.next_per_member(slots)  # type: ignore[union-attr]
-            loss, grads = program.grads(params, batch)
+            observed = last or interrupted or step % settings.log_every == 0
+            limits = (settings.tol, settings.divergence_bound) if observed else None
+            loss, grads, point = program.grads(params, batch, limits)
             if sharp is not None and not (last or interrupted) and sharp.probe.due(step):
                 sharp.measure(self, step, params, state, hyper, index, active, loss, used)
             if interrupted:
                 reason = f"stopped by a signal after {step} steps"
                 end = (Status.INTERRUPTED, reason)
-                final.check(self, step, loss, grads, params, index, active, end)
+                final.check(self, step, point, params, index, active, end)
                 break
-            if last or step % settings.log_every == 0:
+            if observed:
                 end = (Status.FINISHED, None) if last else None
                 before = active.clone() if sharp is not None else None
-                running -= final.check(self, step, loss, grads, params, index, active, end)
+                running -= final.check(self, step, point, params, index, active, end)
                 if sharp is not None and before is not None:  # the final point of who stopped
                     ended = before & ~active
                     sharp.measure(self, step, params, state, hyper, index, ended, loss, used)
@@ -374,14 +376,14 @@ class _Final:
         self,
         trainer: PopulationTrainer,
         step: int,
-        loss: Tensor,
-        grads: Params,
+        point: tuple[Tensor, Tensor],
         params: Params,
         index: Tensor,
         active: Tensor,
         end: tuple[Status, str | None] | None,
     ) -> int:
-        """Apply the stop rules to the active rows at a log point; returns how many stopped.
+        """Apply the stop rules to the active rows at a log point (`point`: `point_stats`'
+        statistics and stop codes); returns how many stopped.
 
         `end` is how the rest ends when this is the run's last point: ("finished", None) at
         the end of the budget, where the stop rules still have the first word, or
@@ -390,8 +392,7 @@ class _Final:
         again, whatever its (no longer used) row holds later.
         """
         s = trainer.settings
-        with torch.no_grad():
-            stats, codes = trainer.program.stats(loss, grads, params, s.tol, s.divergence_bound)
+        stats, codes = point
         loss64 = stats[0]  # exact in float64 (converted where judged)
         rule = codes != GO_ON
         interrupted = end is not None and end[0] == Status.INTERRUPTED
