@@ -203,3 +203,26 @@ def test_tensorboard_server_shows_one_hparams_row_per_job(tmp_path: Path) -> Non
             assert values["train_result/loss"] == pytest.approx(metrics["final_loss"], rel=1e-6)
     statuses = {jobs[g["name"]]["status"] for g in groups}
     assert "diverged" in statuses and statuses & {"finished", "converged"}
+
+
+def test_the_hparams_constants_written_out_equal_tensorboards() -> None:
+    from tensorboard.plugins.hparams import metadata
+
+    from gdlab.sinks import hparams
+
+    for name in ("PLUGIN_NAME", "PLUGIN_DATA_VERSION", "SESSION_START_INFO_TAG",
+                 "SESSION_END_INFO_TAG"):  # fmt: skip
+        assert getattr(hparams, name) == getattr(metadata, name)
+
+
+def test_the_command_pauses_the_collector_only_while_it_imports() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, gdlab.cli as cli; "
+        "cli.console_main = lambda: print(gc.isenabled(), gc.get_freeze_count() > 0); "
+        "import gdlab.launch; gdlab.launch.main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.objectives.multivariate import QuadraticForm
-from gdlab.plotting import png_size
+from gdlab.plotting import paused_gc, png_size
 from gdlab.sinks.plots import PlotSink, fit_figure, landscape_figure, loss_figure
 from gdlab.sweeps.jobs import JobRow
 from gdlab.sweeps.lr_plot import DIVERGED_LABEL, MAX_POINTS, draw_lr_plot, lr_figure
@@ -138,6 +139,57 @@ def test_a_plot_that_cannot_be_drawn_is_skipped_not_fatal(tmp_path: Path, caplog
     sink.finish(RunResult("finished", 2, 0.3, 1.0, {"x": torch.tensor(2.0)}, 0.01))
     assert pngs(tmp_path) == {"loss.png"}
     assert "skipped landscape.png" in caplog.text
+
+
+def test_plots_are_drawn_with_the_garbage_collector_paused_and_restored(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Importing matplotlib would set off a full collection through torch's objects: the
+    sink draws with the collector off, and leaves it as it found it (on, or off)."""
+    seen = []
+    emit = PlotSink._emit
+
+    def note(self, name, figure, step):
+        seen.append(gc.isenabled())
+        emit(self, name, figure, step)
+
+    monkeypatch.setattr(PlotSink, "_emit", note)
+    for enabled in (True, False):
+        sink = PlotSink(tmp_path / str(enabled))
+        sink.start(RunInfo("q", "cpu", "float32", 1, 1))
+        sink.log(LogRecord(0, 2.0, 1.0, 0.1, {"x": torch.tensor(0.0)}))
+        (gc.enable if enabled else gc.disable)()
+        try:
+            sink.finish(RunResult("finished", 1, 1.0, 1.0, {"x": torch.tensor(1.0)}, 0.0))
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+    assert seen == [False, False]
+    with pytest.raises(RuntimeError), paused_gc():  # restored on the way out of an error too
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+
+
+def test_matplotlib_is_imported_with_the_garbage_collector_paused() -> None:
+    code = (
+        "import gc, sys\n"
+        "from gdlab.plotting import figure_class\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "runs = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and runs.append(info))\n"
+        "figure_class()\n"
+        "print('matplotlib.figure' in sys.modules, len(runs), gc.isenabled())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported, collections, enabled = proc.stdout.split()
+    # unpaused, the import sets off some 150 collections here, one of them full; paused, at
+    # most the one young collection when the collector is switched back on
+    assert (imported, enabled) == ("True", "True") and int(collections) <= 1
 
 
 @pytest.mark.slow

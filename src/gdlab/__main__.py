@@ -1,6 +1,6 @@
 """`python -m gdlab` runs the same app as the `gdlab` console script."""
 
-from gdlab.cli import console_main
+from gdlab.launch import main
 
 if __name__ == "__main__":
-    console_main()
+    main()

@@ -476,29 +476,31 @@ class Run:
 
 class Member:
     """One member of a population job (`hydra/sweeper=population`), read from its
-    population.json: what its own plain run's metrics.json would hold."""
+    population.json (and members.parquet): what its own plain run's metrics.json would hold."""
 
-    def __init__(self, job_dir: Path, index: int, data: dict[str, Any]) -> None:
+    def __init__(self, job_dir: Path, index: int, data: Any) -> None:
+        from gdlab.results import PopulationRecords
+
         self.dir = job_dir  #: the population job's directory
         self.index = index  #: the member's position in population.json
-        self._data = data
+        if not isinstance(data, PopulationRecords):
+            try:  # population.json's document, columns inline
+                data = PopulationRecords.from_document(dict(data)) if data else None
+            except (KeyError, TypeError, ValueError):
+                data = None
+        #: the job's records (gdlab.results.PopulationRecords); None where unreadable
+        self.records = data
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
         """The member's columns of population.json (status, steps, final_loss, grad_norm,
         distance_to_minimizer, excess_loss, score, lr, lr_limit, ...) and what the members
         share (objective, problem, device, dtype, minimum)."""
-        data, i = self._data, self.index
-        shared = ("objective", "problem", "device", "dtype", "minimum")
-        members = data.get("members")
-        record = {
-            key: column[i]
-            for key, column in data.items()
-            if key not in ("overrides", "params")
-            and isinstance(column, list)
-            and len(column) == members
-        }
-        return {**record, **{k: data.get(k) for k in shared}}
+        from gdlab.results import SHARED_FIELDS
+
+        if self.records is None:
+            return {k: None for k in SHARED_FIELDS}
+        return self.records.member(self.index)
 
     @property
     def status(self) -> str:
@@ -507,16 +509,16 @@ class Member:
     @property
     def overrides(self) -> list[str]:
         """The overrides of the member's own plain job."""
-        return [str(o) for o in self._data["overrides"][self.index]]
+        return [] if self.records is None else self.records.member_overrides(self.index)
 
     @cached_property
     def params(self) -> dict[str, torch.Tensor]:
         """The final parameters of up to 8 numbers that population.json keeps, name -> tensor."""
-        saved = self._data.get("params") or {}
-        dtype = self._data.get("dtype")
-        return {
-            n: _tensor(v[self.index], dtype) for n, v in saved.items() if v[self.index] is not None
-        }
+        if self.records is None:
+            return {}
+        dtype = self.records.info.get("dtype")
+        saved = self.records.member_params(self.index)
+        return {n: _tensor(v, dtype) for n, v in saved.items()}
 
     def __repr__(self) -> str:
         return (
@@ -528,12 +530,47 @@ def _parse(value: str | None) -> Any:
     """An override's value as a number or bool where it is one (`0.1` -> 0.1)."""
     if value is None:
         return None
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "null": None}.get(value.lower(), value)
+    try:
+        number = float(value)
+    except ValueError:
+        return {"true": True, "false": False, "null": None}.get(value.lower(), value)
+    if "." in value or "e" in value or "E" in value:
+        return number  # never an int's text: int() would refuse it
+    try:
+        return int(value)
+    except ValueError:
+        return number
+
+
+def _row_columns(table: Any, index: Any = None) -> dict[str, list[Any]]:
+    """summary.csv's columns (rank, job, overrides, one per override key, problem, status,
+    ..., error, and the sharpness where measured) as lists of Python values, of the rows at
+    `index` (default every row) of the sweep's table (gdlab.sweeps.summary.SweepTable)."""
+    import numpy as np
+
+    from gdlab.sweeps.summary import CSV_COLUMNS, SHARPNESS_COLUMNS
+
+    chosen = None if index is None else np.asarray(index, dtype=np.int64)
+    overrides = table.overrides if chosen is None else table.overrides.take(chosen)
+    columns: dict[str, list[Any]] = {
+        "rank": table.python_column("rank", chosen),
+        "job": table.python_column("job", chosen),
+        "overrides": overrides.to_pylist(),
+    }
+    for key in table.override_keys():
+        texts = (table.values[key] if chosen is None else table.values[key][chosen]).tolist()
+        parsed = {text: _parse(text) for text in set(texts)}
+        columns[key] = [parsed[text] for text in texts]
+    for column in CSV_COLUMNS:
+        if column == "error":
+            errors = table.errors()
+            columns[column] = errors if chosen is None else [errors[i] for i in chosen.tolist()]
+        elif column not in columns:
+            columns[column] = table.python_column(column, chosen)
+    if table.has_sharpness():
+        for column in SHARPNESS_COLUMNS:
+            columns[column] = table.python_column(column.replace(".", "_"), chosen)
+    return columns
 
 
 class Sweep:
@@ -541,10 +578,21 @@ class Sweep:
     problem, the runs of its jobs (and its population members), its plots."""
 
     def __init__(self, dir: PathLike) -> None:
-        from gdlab.sweeps.summary import collect_jobs
+        from gdlab.sweeps.summary import collect_table
 
         self.dir = Path(dir).absolute()
-        self._jobs: list[JobRow] = collect_jobs(self.dir)
+        self._table = collect_table(self.dir)
+
+    @cached_property
+    def _jobs(self) -> Sequence[JobRow]:
+        """The rows as JobRows (made when first read)."""
+        from gdlab.sweeps.summary import Rows
+
+        return Rows(self._table)
+
+    @cached_property
+    def _columns(self) -> dict[str, list[Any]]:
+        return _row_columns(self._table)
 
     @cached_property
     def rows(self) -> list[dict[str, Any]]:
@@ -552,73 +600,68 @@ class Sweep:
         key, problem, status, steps, final_loss, excess_loss, distance_to_minimizer, score,
         wall_time_s, lr, lr_limit, error, and sharpness.lambda_max, sharpness.lr_limit where
         measured), values as numbers, best first within a problem."""
-        from gdlab.sweeps.jobs import override_keys
-        from gdlab.sweeps.summary import CSV_COLUMNS, SHARPNESS_COLUMNS, has_sharpness
+        from gdlab.sweeps.summary import gc_paused
 
-        keys = override_keys(self._jobs)
-        sharpness = has_sharpness(self._jobs)
-        rows = []
-        for job in self._jobs:
-            row: dict[str, Any] = {"rank": job.rank, "job": job.job, "overrides": job.overrides}
-            row.update({key: _parse(job.values.get(key)) for key in keys})
-            for column in CSV_COLUMNS:
-                if column == "error":
-                    row[column] = "; ".join(x for x in (job.error, job.note) if x) or None
-                elif column not in row:
-                    row[column] = getattr(job, column, None)
-            if sharpness:
-                for column in SHARPNESS_COLUMNS:
-                    row[column] = getattr(job, column.replace(".", "_"))
-            rows.append(row)
-        return rows
+        names, columns = list(self._columns), self._columns.values()
+        with gc_paused():
+            return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
     @property
     def problems(self) -> list[str]:
         """The problems the sweep trained (ranks are per problem), in table order."""
-        return list(dict.fromkeys(row["problem"] for row in self.rows))
+        return self._table.problems()
 
     @property
     def best(self) -> dict[str, Any] | dict[str, dict[str, Any] | None] | None:
         """The rank-1 row; with several problems, problem -> its rank-1 row. None where no
         run finished or converged."""
-        best = {
-            p: next((r for r in self.rows if r["problem"] == p and r["rank"] == 1), None)
-            for p in self.problems
-        }
+        best = {p: self._row(self._table.best(p)) for p in self.problems}
         if len(best) > 1:
             return best
         return next(iter(best.values()), None)
 
+    def _row(self, index: int | None) -> dict[str, Any] | None:
+        if index is None:
+            return None
+        if "rows" in self.__dict__:
+            return self.rows[index]
+        if "_columns" in self.__dict__:
+            return {name: column[index] for name, column in self._columns.items()}
+        return {name: column[0] for name, column in _row_columns(self._table, [index]).items()}
+
     @cached_property
     def runs(self) -> list[Run | Member]:
         """The runs in the order of `rows`: a Run per job, a Member per population member."""
-        from gdlab.results import read_population
+        from gdlab.results import read_population_records
+        from gdlab.sweeps.summary import gc_paused
 
-        populations: dict[str, dict[str, Any] | None] = {}
+        populations: dict[str, Any] = {}
         runs: list[Run | Member] = []
-        for row in self._jobs:
-            job, _, index = row.job.partition("#")
-            if not index:
-                runs.append(Run(self.dir / job))
-                continue
-            if job not in populations:
-                populations[job] = read_population(self.dir / job)
-            runs.append(Member(self.dir / job, int(index), populations[job] or {}))
+        with gc_paused():
+            for name in self._table.columns["job"].tolist():
+                job, _, index = name.partition("#")
+                if not index:
+                    runs.append(Run(self.dir / job))
+                    continue
+                if job not in populations:
+                    populations[job] = (self.dir / job, read_population_records(self.dir / job))
+                job_dir, records = populations[job]
+                runs.append(Member(job_dir, int(index), records))
         return runs
 
     def to_pandas(self) -> pandas.DataFrame:
         """The rows as a DataFrame (summary.csv's columns)."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows)
+        return pd.DataFrame(self._columns)
 
     def plot(self, *names: str) -> Figures:
         """The sweep's plots (`lr`: final excess loss against lr, with the stability limits;
         its PNG files) as matplotlib Figures, or only those named."""
         if not names and not any(self.dir.glob("*.png")):
-            from gdlab.sweeps.lr_plot import lr_figure, lr_varies
+            from gdlab.sweeps.lr_plot import lr_figure
 
-            if not lr_varies(self._jobs):
+            if not self._table.lr_varies():
                 return Figures()
             figure = lr_figure(self._jobs)
             figure.set_label("lr")
@@ -628,4 +671,4 @@ class Sweep:
     def __repr__(self) -> str:
         from gdlab.sweeps.summary import headline
 
-        return f"Sweep({str(self.dir)!r}, {headline(self._jobs)})"
+        return f"Sweep({str(self.dir)!r}, {headline(self._table)})"

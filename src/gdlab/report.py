@@ -1,9 +1,11 @@
 """`gdlab-report DIR`: rebuild a sweep's summary (and its learning-rate plot) from disk.
 
 It reads the same files the end-of-sweep callback reads (each job's `.hydra/` and
-`metrics.json`, and for jobs that never wrote one the last point in their event files), so it
-works on any sweep directory at any time: an old one, one copied from a cluster, one whose jobs
-were interrupted or are still running.
+`metrics.json`, a population job's `population.json` and `members.parquet`, and for jobs that
+never wrote one the last point in their event files), so it works on any sweep directory at any
+time: an old one, one copied from a cluster, one whose jobs were interrupted or are still
+running. A population of a million members is read and ranked as columns
+(`gdlab.sweeps.summary`): summary.csv gets every row, summary.md and the console the top ones.
 """
 
 from __future__ import annotations

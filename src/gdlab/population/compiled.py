@@ -47,6 +47,9 @@ COMPILE_CHOICES = ("auto", "true", "false")
 #: the tutorial regression costs ~680 ns less than eager on one CPU thread: a cold compile
 #: pays for itself at about 2e7 member-steps (scripts/bench_population.py --compile).
 AUTO_MEMBER_STEPS = 20_000_000
+#: compiled variants per function (Dynamo's default is 8): every objective, rule and dtype a
+#: process trains (a notebook, the test suite) is one variant of the same few functions
+RECOMPILES = 64
 
 
 def compile_choice(value: Any) -> str:
@@ -151,7 +154,7 @@ class Step:
         (False, None) if compiling failed (then the step is eager from here on)."""
         assert compiled is not None
         try:
-            with torch._dynamo.config.patch(trace_autograd_ops=True):
+            with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=RECOMPILES):
                 return True, compiled(*args, **kwargs)
         except Exception as err:  # compiling failed: the same step, eager
             text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""

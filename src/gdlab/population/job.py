@@ -3,7 +3,8 @@
 The launcher calls `population_task(cfg)` with the job's composed config (its non-batchable
 overrides plus `+population=<n>`). The job builds the shared problem exactly as a plain run
 would (`gdlab.problem.build_problem`), trains every member in one batched program
-(`gdlab.population.engine`) and writes `population.json` (`gdlab.results`): one entry per
+(`gdlab.population.engine`) and writes `population.json` (`gdlab.results`; the columns in
+`members.parquet` beside it for more than `results.INLINE_MEMBERS` members): one entry per
 member in a plain run's metrics.json terms, plus the override list the member's own plain job
 would have had, so the sweep summary gives each member its row.
 """
@@ -59,7 +60,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     from gdlab.population.engine import PopulationTrainer
     from gdlab.population.members import Members, member_base
     from gdlab.problem import build_problem
-    from gdlab.results import population_document, write_population
+    from gdlab.results import population_records, write_population
     from gdlab.settings import read_values
 
     columns = plan.columns()
@@ -71,10 +72,10 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     lrs = members.lr
     if not valid:
-        document = population_document(
+        records = population_records(
             plan.count, member_overrides(plan), lrs, None, valid, problems, None, {}
         )
-        write_population(run_dir, document)
+        write_population(run_dir, records)
         log.error("gdlab: every member's settings were refused: %s", problems[0])
         return math.inf
 
@@ -96,6 +97,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
             shared=problem.values,
             sharpness=problem.sharpness,
             name=problem.name,
+            compile=options.get("compile", "auto"),
         )
         log.info(
             "gdlab: population of %d on %s, %s, %d steps, batched by %s",
@@ -126,10 +128,10 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
             settings,
             options.get("hparams_members"),
         )
-    document = population_document(
+    records = population_records(
         plan.count, member_overrides(plan), lrs, result, valid, problems, info, extra
     )
-    write_population(run_dir, document)
+    write_population(run_dir, records)
     log.info("gdlab: %s", population_line(result, members, valid))
     log.info("gdlab: run directory %s", run_dir)
     if "interrupted" in result.status:

@@ -23,7 +23,15 @@ import time
 from typing import Any
 
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+# TensorBoard's hparams plugin constants (tensorboard.plugins.hparams.metadata), written out:
+# importing that module pulls in tensorflow_stub, fsspec and absl (~30 ms of every run's
+# start-up); tests/test_hparams.py checks they still equal TensorBoard's
+PLUGIN_NAME = "hparams"
+PLUGIN_DATA_VERSION = 0
+SESSION_START_INFO_TAG = "_hparams_/session_start_info"
+SESSION_END_INFO_TAG = "_hparams_/session_end_info"
 
 #: the tag group of a run's final metrics: `train_result/loss`, `/steps`, `/diverged`,
 #: `/distance_to_minimizer`; it sorts after `train`, `train_params` and `train_plots`, so Time
@@ -33,10 +41,10 @@ RESULT = "train_result"
 
 def hparams_summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
     """Wrap HParams plugin data in a summary under the plugin's `tag`."""
-    data.version = metadata.PLUGIN_DATA_VERSION
+    data.version = PLUGIN_DATA_VERSION
     meta = SummaryMetadata(
         plugin_data=SummaryMetadata.PluginData(
-            plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
+            plugin_name=PLUGIN_NAME, content=data.SerializeToString()
         )
     )
     return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
@@ -53,7 +61,7 @@ def session_start_summary(hparams: dict[str, Any]) -> Summary:
         else:
             info.hparams[key].string_value = str(value)
     return hparams_summary(
-        metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
+        SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
     )
 
 
@@ -63,7 +71,7 @@ def session_end_summary(status: str = "STATUS_SUCCESS") -> Summary:
         status=api_pb2.Status.Value(status), end_time_secs=time.time()
     )
     return hparams_summary(
-        metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info)
+        SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info)
     )
 
 

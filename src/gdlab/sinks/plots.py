@@ -15,8 +15,9 @@
 
 The sink only keeps the logged records and sharpness measurements while the run goes (they are
 already small CPU copies); matplotlib is imported and everything is drawn at the end, through
-`matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend). `logger.plots=false`
-turns the sink off.
+`matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend), with Python's
+garbage collector paused (`gdlab.plotting.paused_gc`: a full collection set off by the import
+would walk all of torch's objects). `logger.plots=false` turns the sink off.
 Titles carry the run's lr and momentum (from `RunInfo.hparams`).
 What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
 sweep's plots (`gdlab.sweeps.lr_plot`, `gdlab.sweeps.edge_plot`) use too.
@@ -40,6 +41,7 @@ from gdlab.plotting import (
     loss_axis,
     new_figure,
     new_stacked,
+    paused_gc,
     plain_log_ticks,
     plain_ticks,
     png_bytes,
@@ -665,13 +667,14 @@ class PlotSink:
             self.sharpness = [SharpnessPoint(**p) for p in result.sharpness["history"]]
         if self.sharpness:
             plots.append(("sharpness", lambda: self._sharpness(title)))
-        for filename, draw in plots:
-            try:
-                figure = draw()
-                if figure is not None:
-                    self._emit(filename, figure, result.steps)
-            except Exception as err:  # a plot is a view of the results, never a reason to fail
-                log.warning("gdlab: skipped %s.png: %s: %s", filename, type(err).__name__, err)
+        with paused_gc():  # importing matplotlib would set off a full collection (0.08 s)
+            for filename, draw in plots:
+                try:
+                    figure = draw()
+                    if figure is not None:
+                        self._emit(filename, figure, result.steps)
+                except Exception as err:  # a plot is a view of the results, never a failure
+                    log.warning("gdlab: skipped %s.png: %s: %s", filename, type(err).__name__, err)
 
     def close(self) -> None:
         pass

@@ -61,6 +61,9 @@ def split_override(text: str) -> tuple[str, str]:
 
 def override_keys(rows: Sequence[JobRow]) -> list[str]:
     """The override keys of a sweep, those whose value varies across jobs first."""
+    by_columns = getattr(rows, "override_keys", None)  # a table's rows (sweeps.summary.Rows)
+    if callable(by_columns):
+        return list(by_columns())
     keys: dict[str, set[str]] = {}
     for row in rows:
         for key, value in row.values.items():
@@ -72,6 +75,9 @@ def override_keys(rows: Sequence[JobRow]) -> list[str]:
 
 def varying_keys(rows: Sequence[JobRow]) -> list[str]:
     """The override keys whose value differs between jobs (a key some jobs lack counts)."""
+    by_columns = getattr(rows, "varying_keys", None)  # a table's rows (sweeps.summary.Rows)
+    if callable(by_columns):
+        return list(by_columns())
     keys = {k for row in rows for k in row.values}
     return sorted(k for k in keys if len({row.values.get(k) for row in rows}) > 1)
 

@@ -384,14 +384,14 @@ def colour(i: int, count: int) -> str:
 def race_figure(labels: Sequence[str], dpi: int = PNG_DPI) -> tuple[Figure, Any]:
     """A figure of one axes (AXES_SIZE inches) with the legend of `labels` to its right,
     the figure as wide as that legend needs."""
-    from matplotlib.figure import Figure
+    from gdlab.plotting import figure_class
 
     size = legend_fontsize(len(labels))
     legend = 0.7 + max((len(t) for t in labels), default=10) * size * 0.55 / 72
     width, height = MARGIN_LEFT + AXES_SIZE[0] + 0.25 + legend, FIGSIZE_HEIGHT
     # no Agg canvas attached: an animation's frames are then drawn once, by the writer's
     # savefig, not a second time by the canvas after each frame
-    figure = Figure(figsize=(width, height), dpi=dpi)
+    figure = figure_class()(figsize=(width, height), dpi=dpi)
     left, bottom = MARGIN_LEFT / width, 0.55 / height
     figure.add_axes((left, bottom, AXES_SIZE[0] / width, AXES_SIZE[1] / height))
     return figure, figure.axes[0]

@@ -1,30 +1,41 @@
 """The sweep summary: every job read back from disk, ranked, written as summary.csv and .md.
 
 A multirun (`gdlab -m ...`) writes one complete run directory per job under the sweep
-directory. `write_summary` reads every job's `.hydra/` and `metrics.json` back from disk and
-writes `summary.csv` and `summary.md` beside them, best job first (and lr.png when the
-learning rate varies). Reading from disk (not from Hydra's in-memory job returns) is what lets
-`gdlab-report DIR` rebuild the same table later, for any sweep, also one whose jobs were
-interrupted, and makes it work the same for the basic, joblib and submitit launchers.
+directory. `write_summary` reads every job's `.hydra/` and `metrics.json` (a population job's
+population.json and members.parquet) back from disk and writes `summary.csv` and `summary.md`
+beside them, best job first (and lr.png when the learning rate varies). Reading from disk (not
+from Hydra's in-memory job returns) is what lets `gdlab-report DIR` rebuild the same table
+later, for any sweep, also one whose jobs were interrupted, and makes it work the same for the
+basic, joblib and submitit launchers.
+
+The rows are held as columns (`SweepTable`): a population job of a million members is read as
+arrays, ranked with one sort (`rank_order`: `gdlab.rules.rank_key`'s order, vectorised) and
+written as summary.csv column by column; a JobRow is made only for the rows someone asks for
+(`Rows`). summary.csv has every row; summary.md and the console show the top rows, the counts
+by status (the headline) and, beyond MD_ROWS rows, point to summary.csv for the rest.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import gc
 import io
+import itertools
 import json
 import math
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gdlab.results import read_metrics, read_population
-from gdlab.rules import EPS, clamp_excess, rank_key, score
+from gdlab.results import read_metrics, read_population_records, string_lists
+from gdlab.rules import EPS, UNRANKED_ORDER, clamp_excess, score
 from gdlab.sweeps.jobs import (
     FAILED,
     RANKED,
@@ -32,15 +43,364 @@ from gdlab.sweeps.jobs import (
     find_job_dirs,
     job_num,
     load_yaml,
-    override_keys,
     split_override,
-    varying_keys,
 )
-from gdlab.sweeps.lr_plot import LR_PLOT, draw_lr_plot, lr_varies
+from gdlab.sweeps.lr_plot import LR_PLOT, draw_lr_plot
 from gdlab.sweeps.naming import tidy_numbers
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+#: summary.md lists every row of a sweep of up to this many rows; of a larger one the top
+#: MD_ROWS, the counts by status, and where the rest is (summary.csv)
+MD_ROWS = 100
+
+
+# --------------------------------------------------------------------------- the table
+
+#: JobRow's number fields, held as float64 columns (NaN for None)
+NUMBER_FIELDS = (
+    "num",
+    "steps",
+    "final_loss",
+    "minimum",
+    "distance_to_minimizer",
+    "wall_time_s",
+    "lr",
+    "rank",
+    "excess_loss",
+    "lr_limit",
+    "momentum",
+    "score",
+    "sharpness_lambda_max",
+    "sharpness_lr_limit",
+)
+#: those of them that are whole numbers
+INTEGER_FIELDS = ("num", "steps", "rank")
+#: JobRow's text fields, held as object arrays
+TEXT_FIELDS = ("job", "status", "error", "note", "problem", "dtype")
+
+
+class SweepTable:
+    """A sweep's rows as columns: row i of every column is one job, or one member of a
+    population job.
+
+    `columns`: JobRow's fields (NUMBER_FIELDS as float64 arrays, NaN for None; TEXT_FIELDS as
+    object arrays); `overrides`: each row's override list (a pyarrow ListArray of strings);
+    `values`: override key -> each row's value text (an object array, None where the row has
+    no such override), keys in the order they first appear.
+    """
+
+    def __init__(self, columns: dict[str, Any], overrides: Any, values: dict[str, Any]):
+        self.columns = columns
+        self.overrides = overrides
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.columns["job"])
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[JobRow]) -> SweepTable:
+        import numpy as np
+
+        columns = {}
+        for name in NUMBER_FIELDS:
+            values = (_float_or_nan(getattr(r, name)) for r in rows)
+            columns[name] = np.fromiter(values, dtype=np.float64, count=len(rows))
+        for name in TEXT_FIELDS:
+            columns[name] = _objects([getattr(r, name) for r in rows])
+        keys = list(dict.fromkeys(k for r in rows for k in r.values))
+        values = {k: _objects([r.values.get(k) for r in rows]) for k in keys}
+        overrides = string_lists([[str(o) for o in r.overrides] for r in rows])
+        return cls(columns, overrides, values)
+
+    @classmethod
+    def concat(cls, parts: Sequence[SweepTable]) -> SweepTable:
+        """The parts' rows one after another."""
+        import numpy as np
+        import pyarrow as pa
+
+        if not parts:
+            return cls.from_rows([])
+        if len(parts) == 1:
+            return parts[0]
+        columns = {k: np.concatenate([p.columns[k] for p in parts]) for k in parts[0].columns}
+        keys = list(dict.fromkeys(k for p in parts for k in p.values))
+        values = {
+            k: np.concatenate([p.values.get(k, np.full(len(p), None, dtype=object)) for p in parts])
+            for k in keys
+        }
+        overrides = pa.concat_arrays([p.overrides for p in parts])
+        return cls(columns, overrides, values)
+
+    def take(self, index: Any) -> SweepTable:
+        """The rows at `index` (an integer array), in that order."""
+        import numpy as np
+        import pyarrow as pa
+
+        index = np.asarray(index, dtype=np.int64)
+        return SweepTable(
+            {k: v[index] for k, v in self.columns.items()},
+            self.overrides.take(pa.array(index)),
+            {k: v[index] for k, v in self.values.items()},
+        )
+
+    # ------------------------------------------------------------------ rows as objects
+
+    def python_column(self, name: str, index: Any = None) -> list[Any]:
+        """Column `name` (a JobRow field) at `index` (default every row) as Python values:
+        None for NaN, ints for INTEGER_FIELDS."""
+        import numpy as np
+
+        values = self.columns[name] if index is None else self.columns[name][index]
+        if name not in NUMBER_FIELDS:
+            return values.tolist()
+        unknown = np.isnan(values)
+        if unknown.all():
+            return [None] * len(values)
+        if name in INTEGER_FIELDS:
+            if not unknown.any():
+                return values.astype(np.int64).tolist()
+            return [None if v != v else int(v) for v in values.tolist()]
+        if not unknown.any():
+            return values.tolist()
+        return [None if v != v else v for v in values.tolist()]
+
+    def value_dicts(self, index: Any = None) -> list[dict[str, str]]:
+        """Each row's override key -> value text (JobRow.values) at `index`."""
+        import numpy as np
+
+        count = len(self) if index is None else len(index)
+        keys = list(self.values)
+        if not keys:
+            return [{} for _ in range(count)]
+        chosen = None if index is None else np.asarray(index)
+        columns = [(v if chosen is None else v[chosen]).tolist() for v in self.values.values()]
+        if all(None not in c for c in columns):
+            return [dict(zip(keys, vs, strict=True)) for vs in zip(*columns, strict=True)]
+        return [
+            {k: v for k, v in zip(keys, vs, strict=True) if v is not None}
+            for vs in zip(*columns, strict=True)
+        ]
+
+    def rows(self, index: Any = None) -> list[JobRow]:
+        """The rows at `index` (default every row) as JobRows."""
+        import numpy as np
+
+        if index is not None:
+            index = np.asarray(index, dtype=np.int64)
+            if not len(index):
+                return []
+        with gc_paused():  # millions of new lists and dicts: no collection in between
+            return self._rows(index)
+
+    def _rows(self, index: Any) -> list[JobRow]:
+        import pyarrow as pa
+
+        lists: dict[str, list[Any]] = {
+            name: self.python_column(name, index) for name in (*NUMBER_FIELDS, *TEXT_FIELDS)
+        }
+        overrides = self.overrides if index is None else self.overrides.take(pa.array(index))
+        lists["overrides"] = overrides.to_pylist()
+        lists["values"] = self.value_dicts(index)
+        names = [f.name for f in fields(JobRow)]
+        if names == [n for n in names if n in lists]:
+            return list(itertools.starmap(JobRow, zip(*(lists[n] for n in names), strict=True)))
+        known = [n for n in names if n in lists]  # JobRow grew a field: its default
+        return [
+            JobRow(**dict(zip(known, vs, strict=True)))
+            for vs in zip(*(lists[n] for n in known), strict=True)
+        ]
+
+    def row(self, i: int) -> JobRow:
+        return self.rows([i])[0]
+
+    # ------------------------------------------------------------------ what the table says
+
+    def distinct(self, key: str) -> set[Any]:
+        """The distinct value texts of override `key` (None: a row without it)."""
+        cache = self.__dict__.setdefault("_distinct", {})
+        if key not in cache:
+            cache[key] = set(self.values[key].tolist())
+        return cache[key]
+
+    def override_keys(self) -> list[str]:
+        """The override keys, those whose value varies across rows first (jobs.override_keys)."""
+        distinct = {k: self.distinct(k) - {None} for k in self.values}
+        varying = sorted(k for k, v in distinct.items() if len(v) > 1)
+        fixed = sorted(k for k, v in distinct.items() if len(v) <= 1)
+        return varying + fixed
+
+    def varying_keys(self) -> list[str]:
+        """The override keys whose value differs between rows (a key some rows lack counts)."""
+        return sorted(k for k in self.values if len(self.distinct(k)) > 1)
+
+    def has_sharpness(self) -> bool:
+        import numpy as np
+
+        return bool((~np.isnan(self.columns["sharpness_lambda_max"])).any())
+
+    def has_excess(self) -> bool:
+        import numpy as np
+
+        return bool((~np.isnan(self.columns["excess_loss"])).any())
+
+    def lr_varies(self) -> bool:
+        """More than one learning rate: lr.png is worth drawing (lr_plot.lr_varies)."""
+        import numpy as np
+
+        lrs = self.columns["lr"][~np.isnan(self.columns["lr"])]
+        return bool(lrs.size) and bool(lrs.min() != lrs.max())
+
+    def problems(self) -> list[str]:
+        """The problems, in table order."""
+        return list(dict.fromkeys(self.columns["problem"].tolist()))
+
+    def counts(self) -> dict[str, int]:
+        """Rows by status."""
+        from collections import Counter
+
+        return dict(Counter(self.columns["status"].tolist()))
+
+    def ranked(self) -> Any:
+        """Whether each row's status is ranked (finished, converged)."""
+        return _is_any(self.columns["status"], RANKED)
+
+    def best(self, problem: str) -> int | None:
+        """The index of the problem's rank-1 row; None when none of its rows is ranked."""
+        import numpy as np
+
+        for i in np.flatnonzero(self.columns["rank"] == 1).tolist():
+            if self.columns["problem"][i] == problem:
+                return i
+        return None
+
+    def errors(self) -> list[str | None]:
+        """Each row's error and note, as summary.csv's `error` column (None: neither)."""
+        errors, notes = self.columns["error"].tolist(), self.columns["note"].tolist()
+        if all(n is None for n in notes):
+            return [e or None for e in errors]
+        return [
+            "; ".join(x for x in (e, n) if x) or None for e, n in zip(errors, notes, strict=True)
+        ]
+
+
+class Rows(Sequence[JobRow]):
+    """A SweepTable's rows as JobRows, made when asked for: `len`, an index and a slice cost
+    what they return; iterating makes every row once (and keeps them)."""
+
+    def __init__(self, table: SweepTable, index: Any = None) -> None:
+        self.table = table
+        self.index = index  # None: every row
+        self._all: list[JobRow] | None = None
+
+    def __len__(self) -> int:
+        return len(self.table) if self.index is None else len(self.index)
+
+    def _positions(self, key: Any) -> Any:
+        import numpy as np
+
+        positions = np.arange(len(self))[key]
+        return positions if self.index is None else np.asarray(self.index)[positions]
+
+    def __getitem__(self, key: Any) -> Any:
+        if self._all is not None:
+            return self._all[key]
+        if isinstance(key, slice):
+            return self.table.rows(self._positions(key))
+        if not -len(self) <= key < len(self):
+            raise IndexError(key)
+        return self.table.rows(self._positions(key).reshape(1))[0]
+
+    def __iter__(self) -> Iterator[JobRow]:
+        if self._all is None:
+            self._all = self.table.rows(self.index)
+        return iter(self._all)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def as_table(self) -> SweepTable:
+        return self.table if self.index is None else self.table.take(self.index)
+
+    def override_keys(self) -> list[str]:
+        return self.as_table().override_keys()
+
+    def varying_keys(self) -> list[str]:
+        return self.as_table().varying_keys()
+
+
+def as_table(rows: SweepTable | Sequence[JobRow]) -> SweepTable:
+    """`rows` as a SweepTable (JobRows are copied into columns)."""
+    if isinstance(rows, SweepTable):
+        return rows
+    if isinstance(rows, Rows):
+        return rows.as_table()
+    return SweepTable.from_rows(rows)
+
+
+def _float_or_nan(value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _objects(values: list[Any]) -> Any:
+    import numpy as np
+
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (it would walk every new row again and again)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _is_any(values: Any, choices: Sequence[str]) -> Any:
+    """Whether each entry of an object array of text is one of `choices`."""
+    import numpy as np
+
+    out = np.zeros(len(values), dtype=bool)
+    for choice in choices:
+        out |= values == str(choice)
+    return out
+
+
+def _factorize(values: Any) -> tuple[Any, list[Any]]:
+    """(codes, distinct): each entry's index into the distinct values, in order of first
+    appearance."""
+    import numpy as np
+
+    items = values.tolist()
+    if len(set(items)) <= 1:
+        return np.zeros(len(items), dtype=np.int64), items[:1]
+    distinct: dict[Any, int] = {}
+    codes = np.fromiter(
+        (distinct.setdefault(v, len(distinct)) for v in items),
+        dtype=np.int64,
+        count=len(values),
+    )
+    return codes, list(distinct)
+
+
+def _blank(values: Any) -> Any:
+    """Whether each entry of an object array of text is None or empty."""
+    import numpy as np
+
+    return np.equal(values, None) | np.equal(values, "")
 
 
 # --------------------------------------------------------------------------- reading jobs back
@@ -130,50 +490,161 @@ def last_logged_point(job_dir: Path) -> tuple[int, float] | None:
     return last
 
 
-def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
+def population_table(job_dir: Path, sweep_dir: Path) -> SweepTable | None:
     """A population job's members (hydra/sweeper=population), one row each, as its own plain
     job would appear; None when `job_dir` has no readable population.json (a plain job, or a
     population job that never got to write it: `load_job` then reports it)."""
+    import numpy as np
+    import pyarrow as pa
+
     job_dir, sweep_dir = Path(job_dir), Path(sweep_dir)
-    data = read_population(job_dir)
-    if data is None:
+    records = read_population_records(job_dir)
+    if records is None:
         return None
-    columns = [data[k] for k in ("overrides", "status", "steps", "final_loss", "lr")]
-    columns += [data[k] for k in ("distance_to_minimizer", "error", "stop_reason")]
-    count = len(columns[0])
-    columns += [data.get(k) or [None] * count for k in ("excess_loss", "score", "lr_limit")]
-    columns += [data.get(f"sharpness_{k}") or [None] * count for k in ("lambda_max", "lr_limit")]
+    count, info = len(records), records.info
     name = job_dir.relative_to(sweep_dir).as_posix() if job_dir != sweep_dir else "."
-    num, per_member = job_num(job_dir), _number(data.get("wall_time_per_member_s"))
-    minimum, dtype = _number(data.get("minimum")), data.get("dtype")
-    problem = data.get("problem")
-    problem = problem_key(problem) if isinstance(problem, dict) else ""
-    has_score = "score" in data
-    rows = []
-    for i, (overrides, status, steps, loss, lr, distance, error, reason, *judged) in enumerate(
-        zip(*columns, strict=True)
+    num = job_num(job_dir)
+    problem = info.get("problem")
+    status = records.texts("status")
+    status[_blank(status)] = "failed"
+    ranked = _is_any(status, RANKED)
+    final_loss = records.numbers("final_loss")
+    final_loss[(status == "diverged") & np.isnan(final_loss)] = math.inf  # JSON has no inf
+    error, reason = records.texts("error"), records.texts("stop_reason")
+    reason[ranked] = None
+    error = np.where(_blank(error), reason, error)
+    overrides = records.overrides().cast(pa.list_(pa.string()))
+    values = override_values(overrides)
+
+    def constant(value: Any) -> Any:
+        return np.full(count, np.nan if value is None else value, dtype=np.float64)
+
+    def text(value: Any) -> Any:
+        return np.full(count, value, dtype=object)
+
+    columns = {
+        "job": _objects([f"{name}#{i}" for i in range(count)]),
+        "num": constant(num),
+        "status": status,
+        "steps": records.numbers("steps"),
+        "final_loss": final_loss,
+        "minimum": constant(_number(info.get("minimum"))),
+        "distance_to_minimizer": records.numbers("distance_to_minimizer"),
+        "wall_time_s": constant(_number(info.get("wall_time_per_member_s"))),
+        "lr": records.numbers("lr"),
+        "rank": constant(None),
+        "lr_limit": records.numbers("lr_limit"),
+        "momentum": _numbers_of(values.get("optimizer.momentum"), count),
+        "sharpness_lambda_max": records.numbers("sharpness_lambda_max"),
+        "sharpness_lr_limit": records.numbers("sharpness_lr_limit"),
+        "error": error,
+        "note": text(None),
+        "problem": text(problem_key(problem) if isinstance(problem, dict) else ""),
+        "dtype": text(info.get("dtype")),
+    }
+    if records.has("score"):  # as each member's run recorded it (null: +inf, never ranked)
+        columns["excess_loss"] = records.numbers("excess_loss")
+        columns["score"] = records.numbers("score")
+        columns["score"][np.isnan(columns["score"])] = math.inf
+    else:  # records from before gdlab kept a score: judged here by the same rules
+        _judge_columns(columns)
+    unknown = np.isnan(columns["momentum"])
+    if unknown.any():
+        columns["momentum"][unknown] = _float_or_nan(_momentum_of(job_dir))
+    return SweepTable(columns, overrides, values)
+
+
+def load_population(job_dir: Path, sweep_dir: Path) -> list[JobRow] | None:
+    """A population job's members as JobRows (see `population_table`)."""
+    table = population_table(job_dir, sweep_dir)
+    return None if table is None else table.rows()
+
+
+def override_values(overrides: Any) -> dict[str, Any]:
+    """Override key -> each row's value text (None where the row lacks the key), from a
+    ListArray of override lists: `split_override` on every override at once."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    count = len(overrides)
+    flat = overrides.flatten()
+    if not len(flat):
+        return {}
+    values = _rectangular_values(overrides, flat)
+    if values is not None:
+        return values
+    parents = pc.list_parent_indices(overrides).to_numpy()
+    parts = pc.extract_regex(flat, pattern=r"(?s)^(?P<key>[^=]*)(?:=(?P<value>.*))?$")
+    keys = parts.field("key").dictionary_encode()
+    codes = keys.indices.to_numpy()
+    texts = parts.field("value").to_numpy(zero_copy_only=False)
+    values = {}
+    for code, key in enumerate(keys.dictionary.to_pylist()):
+        chosen = codes == code
+        column = np.full(count, None, dtype=object)
+        column[parents[chosen]] = texts[chosen]
+        values[key] = column
+    return values
+
+
+def _rectangular_values(overrides: Any, flat: Any) -> dict[str, Any] | None:
+    """`override_values` where every row has the same keys in the same places (a population's
+    members): each place's texts cut after `key=` at once; None where the rows differ."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    count = len(overrides)
+    lengths = pc.list_value_length(overrides).to_numpy(zero_copy_only=False)
+    width = int(lengths[0])
+    if not width or (lengths != width).any():
+        return None
+    first = overrides[0].as_py()
+    keys = [split_override(text)[0] for text in first]
+    if len(set(keys)) != width or not all("=" in text for text in first):
+        return None
+    values = {}
+    for place, key in enumerate(keys):
+        texts = flat.take(np.arange(place, count * width, width))
+        if not pc.all(pc.starts_with(texts, key + "=")).as_py():
+            return None
+        cut = pc.utf8_slice_codeunits(texts, start=len(key) + 1)
+        values[key] = cut.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    return values
+
+
+def _numbers_of(texts: Any, count: int) -> Any:
+    """Override value texts as numbers (NaN where absent or not a number), each distinct
+    text converted once."""
+    import numpy as np
+
+    if texts is None:
+        return np.full(count, np.nan)
+    distinct = {t: _float_or_nan(_number(t)) for t in set(texts.tolist())}
+    return np.fromiter((distinct[t] for t in texts.tolist()), dtype=np.float64, count=count)
+
+
+def _judge_columns(columns: dict[str, Any]) -> None:
+    """Excess loss and score of rows from records that kept no score (see `_judge`)."""
+    import numpy as np
+
+    excess, scores = [], []
+    for status, loss, minimum, distance, steps, dtype in zip(
+        columns["status"].tolist(),
+        *(_nones(columns[k]) for k in ("final_loss", "minimum", "distance_to_minimizer")),
+        [None if s != s else int(s) for s in columns["steps"].tolist()],
+        columns["dtype"].tolist(),
+        strict=True,
     ):
-        excess, run_score, limit, sharpness, sharpness_limit = judged
-        row_sharpness = _number(sharpness), _number(sharpness_limit)
-        row = JobRow(f"{name}#{i}", num, [str(o) for o in overrides], str(status or "failed"))
-        row.values = dict(split_override(o) for o in row.overrides)
-        row.steps, row.final_loss, row.lr = steps, _number(loss), _number(lr)
-        row.minimum, row.distance_to_minimizer = minimum, _number(distance)
-        row.wall_time_s, row.lr_limit, row.dtype = per_member, _number(limit), dtype
-        row.momentum = _number(row.values.get("optimizer.momentum"))
-        row.problem = problem
-        row.sharpness_lambda_max, row.sharpness_lr_limit = row_sharpness
-        row.error = error or (reason if row.status not in RANKED else None)
-        if row.status == "diverged" and row.final_loss is None:
-            row.final_loss = math.inf  # JSON has no infinity; a diverged loss is not finite
-        record = {"excess_loss": excess, "score": run_score} if has_score else {}
-        _judge(row, record)
-        rows.append(row)
-    momentum = _momentum_of(job_dir)
-    for row in rows:
-        if row.momentum is None:
-            row.momentum = momentum
-    return rows
+        row_excess = clamp_excess(loss, minimum)
+        eps = EPS.get(str(dtype), EPS["float32"])
+        excess.append(row_excess)
+        scores.append(score(status, loss, row_excess, minimum, distance, steps, eps))
+    columns["excess_loss"] = np.asarray(excess, dtype=np.float64)
+    columns["score"] = np.asarray(scores, dtype=np.float64)
+
+
+def _nones(values: Any) -> list[float | None]:
+    return [None if v != v else v for v in values.tolist()]
 
 
 def objective_choice(job_dir: Path) -> str | None:
@@ -222,11 +693,11 @@ def problem_key(problem: dict[str, Any]) -> str:
     return json.dumps(problem, sort_keys=True, default=str)
 
 
-def problem_labels(rows: Sequence[JobRow]) -> None:
-    """Replace each row's problem key by a short label: the objective's name, plus the fields
-    (and dtype) that tell problems of the same name apart (`quadratic a=2`)."""
+def problem_labels(keys: Sequence[str]) -> dict[str, str]:
+    """Each problem key's short label: the objective's name, plus the fields (and dtype)
+    that tell problems of the same name apart (`quadratic a=2`)."""
     decoded: dict[str, dict[str, Any]] = {}
-    for key in {r.problem for r in rows}:
+    for key in keys:
         try:
             problem = json.loads(key) if key else {}
         except ValueError:
@@ -246,56 +717,107 @@ def problem_labels(rows: Sequence[JobRow]) -> None:
             k for k in fields if len({json.dumps(f.get(k), default=str) for f in others}) > 1
         )
         labels[key] = " ".join([problem["name"], *(f"{k}={fields[k]}" for k in varying)])
-    for row in rows:
-        row.problem = labels.get(row.problem, row.problem)
+    return labels
+
+
+def label_problems(table: SweepTable) -> None:
+    """Replace each row's problem key by its short label (`problem_labels`)."""
+    column = table.columns["problem"]
+    labels = problem_labels(list(dict.fromkeys(column.tolist())))
+    if len(labels) == 1:
+        column[:] = next(iter(labels.values()))
+    else:
+        table.columns["problem"] = _objects([labels[k] for k in column.tolist()])
+
+
+def collect_table(sweep_dir: Path) -> SweepTable:
+    """Every job of a sweep, read back and ranked, as columns; a population job gives a row
+    per member."""
+    sweep_dir = Path(sweep_dir)
+    parts: list[SweepTable] = []
+    plain: list[JobRow] = []
+    for job_dir in find_job_dirs(sweep_dir):
+        members = population_table(job_dir, sweep_dir)
+        if members is None:
+            plain.append(load_job(job_dir, sweep_dir))
+            continue
+        if plain:
+            parts.append(SweepTable.from_rows(plain))
+            plain = []
+        parts.append(members)
+    if plain or not parts:
+        parts.append(SweepTable.from_rows(plain))
+    table = SweepTable.concat(parts)
+    label_problems(table)
+    return rank_table(table)
 
 
 def collect_jobs(sweep_dir: Path) -> list[JobRow]:
     """Every job of a sweep, read back and ranked; a population job gives a row per member."""
-    sweep_dir = Path(sweep_dir)
-    rows: list[JobRow] = []
-    for job_dir in find_job_dirs(sweep_dir):
-        members = load_population(job_dir, sweep_dir)
-        rows.extend(members if members is not None else [load_job(job_dir, sweep_dir)])
-    problem_labels(rows)
-    return rank_jobs(rows)
+    return collect_table(sweep_dir).rows()
 
 
 # --------------------------------------------------------------------------- ranking
 
 
+def rank_order(table: SweepTable) -> tuple[Any, Any]:
+    """(order, rank): the rows' order, best first, and each row's rank (NaN: unranked), by
+    `gdlab.rules.rank_key` over every row at once.
+
+    Within each problem: ranked statuses by score, then fewer steps, then job order (the
+    job's number, then the row's place); then diverged, interrupted and failed rows, unranked,
+    in job order. Problems are never ranked against each other: each has its own rank 1, and
+    they are listed with those that have a ranked row first, each in order of its first job.
+    """
+    import numpy as np
+
+    count = len(table)
+    status, num = table.columns["status"], table.columns["num"]
+    place = np.arange(count)
+    ranked = _is_any(status, RANKED)
+    group = np.ones(count)  # rank_key: 0 ranked, then 1 + the status's UNRANKED_ORDER place
+    for k, unranked in enumerate(UNRANKED_ORDER):
+        group[status == str(unranked)] = 1 + k
+    group[ranked] = 0
+    run_score, steps = table.columns["score"], table.columns["steps"]
+    value = np.where(ranked & ~np.isnan(run_score), run_score, np.inf)
+    steps = np.where(ranked & ~np.isnan(steps), steps, np.inf)
+    job_order = np.where(np.isnan(num), float(1 << 30), num)
+    # the problem's place: those with a ranked row first, then by their first job
+    codes, labels = _factorize(table.columns["problem"])
+    first = np.full(len(labels), np.inf)
+    np.minimum.at(first, codes, np.where(np.isnan(num), count + place, num))
+    has_ranked = np.zeros(len(labels), dtype=bool)
+    has_ranked[codes[ranked]] = True
+    order = np.lexsort((place, job_order, steps, value, group, first[codes], ~has_ranked[codes]))
+    rank = np.full(count, np.nan)
+    ranked_codes = codes[order][ranked[order]]
+    by_problem = np.argsort(ranked_codes, kind="stable")
+    starts = np.searchsorted(ranked_codes[by_problem], ranked_codes[by_problem])
+    positions = np.empty(len(by_problem), dtype=np.float64)
+    positions[by_problem] = np.arange(len(by_problem)) - starts + 1
+    rank[order[ranked[order]]] = positions
+    return order, rank
+
+
+def rank_table(table: SweepTable) -> SweepTable:
+    """The table in rank order, its `rank` column set (see `rank_order`)."""
+    order, rank = rank_order(table)
+    table.columns["rank"] = rank
+    return table.take(order)
+
+
 def rank_jobs(rows: Sequence[JobRow]) -> list[JobRow]:
-    """Best first within each problem, by the rule book's score (`gdlab.rules.score`, what
-    each run returned to the sweeper), then fewer steps; then the problem's diverged,
-    interrupted and failed jobs, unranked, in job order. Problems are never ranked against
-    each other: each has its own rank 1, and they are listed in order of their first job."""
-    first: dict[str, tuple[int, int]] = {}  # problems with a ranked run first, then job order
-    for i, row in enumerate(rows):
-        order = row.num if row.num is not None else len(rows) + i
-        first[row.problem] = min(first.get(row.problem, (1, order)), (1, order))
-    for row in rows:
-        if row.status in RANKED:
-            first[row.problem] = (0, first[row.problem][1])
-
-    def key(item: tuple[int, JobRow]) -> tuple[Any, ...]:
-        i, row = item
-        order = (row.num if row.num is not None else 1 << 30, i)
-        return (first[row.problem], *rank_key(row.status, row.score, row.steps, order))
-
-    ordered = [row for _, row in sorted(enumerate(rows), key=key)]
-    positions: dict[str, int] = {}
-    for row in ordered:
-        if row.status in RANKED:
-            positions[row.problem] = positions.get(row.problem, 0) + 1
-            row.rank = positions[row.problem]
-        else:
-            row.rank = None
-    return ordered
+    """The rows best first, each row's `rank` set (see `rank_order`)."""
+    order, rank = rank_order(SweepTable.from_rows(rows))
+    for row, position in zip(rows, rank.tolist(), strict=True):
+        row.rank = None if position != position else int(position)
+    return [rows[i] for i in order.tolist()]
 
 
-def problems_of(rows: Sequence[JobRow]) -> list[str]:
+def problems_of(rows: SweepTable | Sequence[JobRow]) -> list[str]:
     """The sweep's problems, in table order."""
-    return list(dict.fromkeys(r.problem for r in rows))
+    return as_table(rows).problems()
 
 
 # --------------------------------------------------------------------------- tables
@@ -331,58 +853,183 @@ CSV_COLUMNS = (
 SHARPNESS_COLUMNS = ("sharpness.lambda_max", "sharpness.lr_limit")
 
 
-def has_sharpness(rows: Sequence[JobRow]) -> bool:
+def has_sharpness(rows: SweepTable | Sequence[JobRow]) -> bool:
+    if isinstance(rows, SweepTable | Rows):
+        return as_table(rows).has_sharpness()
     return any(r.sharpness_lambda_max is not None for r in rows)
 
 
-def summary_csv(rows: Sequence[JobRow]) -> str:
+def summary_csv(rows: SweepTable | Sequence[JobRow]) -> str:
     """summary.csv: one row per job, best first; one extra column per override key (and the
     final sharpness where it was measured)."""
-    keys = override_keys(rows)
-    sharp = has_sharpness(rows)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    return b"".join(csv_chunks(as_table(rows))).decode("utf-8")
+
+
+#: rows of summary.csv formatted at once (bounds memory, and keeps each chunk under 2 GiB)
+CSV_CHUNK_ROWS = 250_000
+
+
+def csv_chunks(table: SweepTable) -> Iterator[bytes]:
+    """summary.csv as UTF-8 chunks: the header, then CSV_CHUNK_ROWS rows at a time, each
+    column formatted at once (pyarrow): a million rows take about a second. The cells are the
+    csv module's: numbers with every digit (`repr`), text quoted where it must be."""
+    keys = table.override_keys()
+    sharp = table.has_sharpness()
+    header = io.StringIO()
     extra = list(SHARPNESS_COLUMNS) if sharp else []
-    writer.writerow([*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:], *extra])
-    for row in rows:
-        sharpness = [_fmt(row.sharpness_lambda_max, "r"), _fmt(row.sharpness_lr_limit, "r")]
-        writer.writerow(
-            [
-                row.rank or "",
-                row.job,
-                " ".join(row.overrides),
-                *(row.values.get(k, "") for k in keys),
-                row.problem,
-                row.status,
-                "" if row.steps is None else row.steps,
-                _fmt(row.final_loss, "r"),
-                _fmt(row.excess_loss, "r"),
-                _fmt(row.distance_to_minimizer, "r"),
-                _fmt(row.score, "r"),
-                _fmt(row.wall_time_s, ".4f"),
-                _fmt(row.lr, "r"),
-                _fmt(row.lr_limit, "r"),
-                "; ".join(x for x in (row.error, row.note) if x),
-                *(sharpness if sharp else []),
-            ]
-        )
-    return out.getvalue()
+    csv.writer(header, lineterminator="\n").writerow(
+        [*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:], *extra]
+    )
+    yield header.getvalue().encode("utf-8")
+    if not len(table):
+        return
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = table.columns
+    errors = _objects(table.errors())
+    numbers = ["final_loss", "excess_loss", "distance_to_minimizer", "score"]
+    for start in range(0, len(table), CSV_CHUNK_ROWS):
+        part = slice(start, start + CSV_CHUNK_ROWS)
+        cells = [
+            _integer_strings(columns["rank"][part]),
+            _text_strings(columns["job"][part]),
+            _text_strings(pc.binary_join(table.overrides[part], " ")),
+            *(_text_strings(table.values[k][part]) for k in keys),
+            _text_strings(columns["problem"][part]),
+            _text_strings(columns["status"][part]),
+            _integer_strings(columns["steps"][part]),
+            *(_number_strings(columns[k][part]) for k in numbers),
+            _number_strings(columns["wall_time_s"][part], ".4f"),
+            _number_strings(columns["lr"][part]),
+            _number_strings(columns["lr_limit"][part]),
+            _text_strings(errors[part]),
+        ]
+        if sharp:
+            cells += [_number_strings(columns[k][part]) for k in SHARP_FIELDS]
+        lines = pc.binary_join_element_wise(*cells, ",")
+        lines = pc.binary_join_element_wise(lines, pa.scalar("\n"), "")
+        yield _string_bytes(lines)
 
 
-def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
-    """The summary as a Markdown table (the first `limit` rows), for summary.md and the console."""
-    keys = varying_keys(rows) or override_keys(rows)
-    show_excess = any(r.excess_loss is not None for r in rows)
-    show_problem = len(problems_of(rows)) > 1
+#: JobRow's fields of SHARPNESS_COLUMNS
+SHARP_FIELDS = ("sharpness_lambda_max", "sharpness_lr_limit")
+
+
+def _string_bytes(strings: Any) -> bytes:
+    """Every string of a pyarrow string array, one after another, as bytes."""
+    import numpy as np
+
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)
+    offsets = offsets[strings.offset : strings.offset + len(strings) + 1]
+    return strings.buffers()[2][int(offsets[0]) : int(offsets[-1])].to_pybytes()
+
+
+def _integer_strings(values: Any) -> Any:
+    """Whole numbers (a float array, NaN for None) as CSV cells ("" for None)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    unknown = np.isnan(values)
+    whole = np.where(unknown, 0, values).astype(np.int64)
+    cells = pc.cast(pa.array(whole, mask=unknown if unknown.any() else None), pa.string())
+    return pc.fill_null(cells, "")
+
+
+def _number_strings(values: Any, spec: str = "r") -> Any:
+    """Numbers (NaN for None) as CSV cells, as `_fmt(value, spec)` writes them ("" for
+    None). For "r" (every digit: `repr`), pyarrow's shortest round-trip digits laid out as
+    Python lays them out (positional from 1e-4 to 1e16, with at least one decimal; else
+    d.ddde±XX), `repr` itself where the two layouts differ; other specs format each distinct
+    value once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    unknown = np.isnan(values)
+    if spec != "r" or unknown.all():
+        out = np.full(len(values), "", dtype=object)
+        present = ~unknown
+        if present.any():
+            distinct, inverse = np.unique(values[present].view(np.int64), return_inverse=True)
+            texts = [_fmt(v, spec) for v in distinct.view(np.float64).tolist()]
+            out[present] = _objects(texts)[inverse.reshape(-1)]
+        return pa.array(out, type=pa.string())
+    cells = pc.cast(pa.array(values, mask=unknown if unknown.any() else None), pa.string())
+    finite = np.isfinite(values)
+    size = np.abs(np.where(finite, values, 0.0))
+    python_sci = finite & (size != 0) & ((size < 1e-4) | (size >= 1e16))
+    arrow_sci = np.asarray(pc.fill_null(pc.match_substring(cells, "e"), False))
+    point = np.asarray(pc.fill_null(pc.match_substring(cells, "."), False))
+    add_point = finite & ~python_sci & ~arrow_sci & ~point
+    if add_point.any():
+        cells = pc.if_else(add_point, pc.binary_join_element_wise(cells, ".0", ""), cells)
+    if (python_sci & arrow_sci).any():  # e-7 -> e-07
+        cells = pc.replace_substring_regex(cells, r"e([+-])(\d)$", r"e\10\2")
+    differ = finite & (python_sci != arrow_sci)
+    if differ.any():
+        texts = pa.array([repr(v) for v in values[differ].tolist()], type=pa.string())
+        cells = pc.replace_with_mask(cells, pa.array(differ), texts)
+    return pc.fill_null(cells, "")
+
+
+def _text_strings(values: Any) -> Any:
+    """Text (None for nothing) as CSV cells, quoted where and as the csv module quotes them
+    (a cell with a comma, a quote or a line break: in quotes, its quotes doubled)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        try:
+            values = pa.array(values, type=pa.string())
+        except (pa.ArrowException, TypeError):
+            values = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    special = np.asarray(pc.fill_null(pc.match_substring_regex(values, _quoted_chars()), False))
+    if special.any():
+        chosen = pa.array(special)
+        quoted = pc.replace_substring(values.filter(chosen), '"', '""')
+        quoted = pc.binary_join_element_wise(pa.scalar('"'), quoted, pa.scalar('"'), "")
+        values = pc.replace_with_mask(values, chosen, quoted)
+    return pc.fill_null(values, "")
+
+
+@functools.cache
+def _quoted_chars() -> str:
+    """A regular expression of the characters for which the csv module (QUOTE_MINIMAL,
+    lines ending in \\n) quotes a cell: asked of the csv module itself."""
+    chosen = []
+    for char in ',"\n\r\t ;':
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow([f"a{char}b", ""])
+        if buffer.getvalue().startswith('"'):
+            chosen.append({"\n": r"\n", "\r": r"\r", "\t": r"\t"}.get(char, "\\" + char))
+    return "[" + "".join(chosen) + "]"
+
+
+def markdown_table(
+    rows: SweepTable | Sequence[JobRow], limit: int | None = None, more_in: str = SUMMARY_MD
+) -> str:
+    """The summary as a Markdown table (the first `limit` rows, and a last line saying how
+    many more `more_in` has), for summary.md and the console."""
+    import numpy as np
+
+    table = as_table(rows)
+    keys = table.varying_keys() or table.override_keys()
+    show_excess = table.has_excess()
+    show_problem = len(table.problems()) > 1
     header = ["problem"] if show_problem else []
     header += ["rank", *keys, "status", "steps", "final loss"]
     header += ["excess loss"] if show_excess else []
-    show_sharpness = has_sharpness(rows)
+    show_sharpness = table.has_sharpness()
     header += ["λ_max", "lr limit"] if show_sharpness else []
     header += ["distance to min", "wall time (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    shown = rows if limit is None else rows[:limit]
-    for row in shown:
+    count = len(table) if limit is None else min(limit, len(table))
+    for row in table.rows(np.arange(count)) if count else []:
         status = row.status + (" *" if row.note else "")
         cells = [row.problem] if show_problem else []
         cells += [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
@@ -393,35 +1040,36 @@ def markdown_table(rows: Sequence[JobRow], limit: int | None = None) -> str:
             cells += [_fmt(row.sharpness_lambda_max, ".4g"), _fmt(row.sharpness_lr_limit, ".4g")]
         cells += [_fmt(row.distance_to_minimizer, ".3g"), _fmt(row.wall_time_s, ".3f")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    if limit is not None and len(rows) > limit:
-        lines.append(f"| … {len(rows) - limit} more in summary.md |" + " |" * (len(header) - 1))
+    if limit is not None and len(table) > limit:
+        more = f"| … {len(table) - limit} more in {more_in} |"
+        lines.append(more + " |" * (len(header) - 1))
     return "\n".join(lines)
 
 
-def counts(rows: Sequence[JobRow]) -> dict[str, int]:
-    tally: dict[str, int] = {}
-    for row in rows:
-        tally[row.status] = tally.get(row.status, 0) + 1
-    return tally
+def counts(rows: SweepTable | Sequence[JobRow]) -> dict[str, int]:
+    """Rows by status."""
+    return as_table(rows).counts()
 
 
-def headline(rows: Sequence[JobRow]) -> str:
+def headline(rows: SweepTable | Sequence[JobRow]) -> str:
     """`N runs: 3 converged, 1 diverged; best: optimizer.lr=0.5 (excess loss 0)`, with the
     best of each problem where the sweep holds several.
 
     A row is a job of a plain multirun or a member of a population job: "runs" covers both.
     """
-    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(rows).items()))
-    text = f"{len(rows)} run{'s' if len(rows) != 1 else ''}: {tally or 'none'}"
-    problems = problems_of(rows)
-    keys = [k for k in varying_keys(rows) if not k.startswith("objective")]
+    table = as_table(rows)
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(table.counts().items()))
+    text = f"{len(table)} run{'s' if len(table) != 1 else ''}: {tally or 'none'}"
+    problems = table.problems()
+    keys = [k for k in table.varying_keys() if not k.startswith("objective")]
     parts = []
     for problem in problems:
-        best = next((r for r in rows if r.problem == problem and r.rank == 1), None)
+        index = table.best(problem)
         label = f"best of {problem}" if len(problems) > 1 else "best"
-        if best is None:
+        if index is None:
             parts.append(f"{label}: none ranked (no run finished or converged)")
             continue
+        best = table.row(index)
         setting = " ".join(
             f"{k}={tidy_numbers(best.values[k])}" for k in keys if k in best.values
         ) or " ".join(best.overrides)
@@ -433,11 +1081,18 @@ def headline(rows: Sequence[JobRow]) -> str:
     return "; ".join([text, *parts])
 
 
-def summary_markdown(sweep_dir: Path, rows: Sequence[JobRow]) -> str:
+def summary_markdown(sweep_dir: Path, rows: SweepTable | Sequence[JobRow]) -> str:
+    """summary.md: the headline (counts by status, the best), how rows are ranked, the table
+    (every row up to MD_ROWS, else the top MD_ROWS and a pointer to summary.csv), and why
+    jobs did not finish."""
+    import numpy as np
+
+    table = as_table(rows)
+    whole = len(table) <= MD_ROWS
     lines = [
         f"# Sweep {Path(sweep_dir).name}",
         "",
-        headline(rows),
+        headline(table),
         "",
         "Ranked within each problem (never across problems) by score: runs at the minimum to "
         "their dtype's precision first, nearest to the minimiser first; then runs that "
@@ -446,32 +1101,71 @@ def summary_markdown(sweep_dir: Path, rows: Sequence[JobRow]) -> str:
         "interrupted and failed jobs are listed after, never ranked. "
         "`*`: steps and loss of the last logged point (the job did not finish).",
         "",
-        markdown_table(rows),
-        "",
     ]
-    failures = [r for r in rows if r.error and r.status not in RANKED]
-    if failures:
+    if not whole:
+        lines += [
+            f"The top {MD_ROWS} of {len(table)} rows; summary.csv has every row.",
+            "",
+            "| status | runs |",
+            "|---|---|",
+            *(f"| {status} | {n} |" for status, n in sorted(table.counts().items())),
+            "",
+        ]
+    lines += [markdown_table(table, None if whole else MD_ROWS, SUMMARY_CSV), ""]
+    error = table.columns["error"]
+    failing = np.flatnonzero(~_blank(error) & ~table.ranked())
+    if failing.size:
         lines += ["## Why jobs did not finish", ""]
-        lines += [f"- `{r.job}` ({r.status}): {r.error}" for r in failures]
+        lines += _failure_lines(table, failing)
         lines.append("")
     return "\n".join(lines)
+
+
+def _failure_lines(table: SweepTable, failing: Any) -> list[str]:
+    """A line per job that did not finish and says why; beyond MD_ROWS of them, a line per
+    distinct status and reason (at most MD_ROWS), with the count."""
+    jobs, status = table.columns["job"], table.columns["status"]
+    error = table.columns["error"]
+    if failing.size <= MD_ROWS:
+        return [f"- `{jobs[i]}` ({status[i]}): {error[i]}" for i in failing.tolist()]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i in failing.tolist():
+        groups.setdefault((status[i], error[i]), []).append(i)
+    lines = []
+    for (state, why), members in itertools.islice(groups.items(), MD_ROWS):
+        more = f" and {len(members) - 1} more" if len(members) > 1 else ""
+        lines.append(f"- `{jobs[members[0]]}`{more} ({state}): {why}")
+    if len(groups) > MD_ROWS:
+        rest = sum(len(m) for m in itertools.islice(groups.values(), MD_ROWS, None))
+        lines.append(f"- … {rest} more, for {len(groups) - MD_ROWS} other reasons: summary.csv")
+    return lines
 
 
 # --------------------------------------------------------------------------- the files
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    _write_chunks_atomic(path, [text.encode("utf-8")])
+
+
+def _write_chunks_atomic(path: Path, chunks: Iterator[bytes] | Sequence[bytes]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
 class SweepSummary:
-    """What `write_summary` produced: the rows and the files."""
+    """What `write_summary` produced: the rows (JobRows made when asked for), the files, and
+    the rows as columns (`table`)."""
 
     sweep_dir: Path
-    rows: list[JobRow]
+    rows: Sequence[JobRow]
     csv_path: Path
     md_path: Path
     plot_path: Path | None = None
@@ -479,10 +1173,15 @@ class SweepSummary:
     race_paths: list[Path] = field(default_factory=list)
     #: edge_of_stability.png, where the jobs measured their sharpness (gdlab.sweeps.edge_plot)
     edge_path: Path | None = None
+    table: SweepTable | None = None
 
     @property
-    def failed(self) -> list[JobRow]:
-        return [r for r in self.rows if r.status in FAILED]
+    def failed(self) -> Sequence[JobRow]:
+        """The rows that failed or were interrupted."""
+        import numpy as np
+
+        table = self.table if self.table is not None else as_table(self.rows)
+        return Rows(table, np.flatnonzero(_is_any(table.columns["status"], FAILED)))
 
 
 def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
@@ -490,18 +1189,19 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
     race's pictures when the runs share one landscape of one or two numbers, and
     edge_of_stability.png when they measured their sharpness)."""
     sweep_dir = Path(sweep_dir)
-    rows = collect_jobs(sweep_dir)
+    table = collect_table(sweep_dir)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
-    _write_text_atomic(csv_path, summary_csv(rows))
-    _write_text_atomic(md_path, summary_markdown(sweep_dir, rows))
-    summary = SweepSummary(sweep_dir, rows, csv_path, md_path)
-    if plot and lr_varies(rows):  # matplotlib is imported only here, to draw it
+    _write_chunks_atomic(csv_path, csv_chunks(table))
+    _write_text_atomic(md_path, summary_markdown(sweep_dir, table))
+    rows = Rows(table)
+    summary = SweepSummary(sweep_dir, rows, csv_path, md_path, table=table)
+    if plot and table.lr_varies():  # matplotlib is imported only here, to draw it
         summary.plot_path = draw_lr_plot(rows, sweep_dir / LR_PLOT)
     if plot:  # a race only where the ranked runs share one problem of one or two numbers
         from gdlab.sweeps.race import draw_race  # torch and matplotlib only to draw
 
         summary.race_paths = draw_race(sweep_dir, rows)
-    if plot and has_sharpness(rows):
+    if plot and table.has_sharpness():
         from gdlab.sweeps.edge_plot import draw_edge_of_stability
 
         summary.edge_path = draw_edge_of_stability(sweep_dir, rows)
@@ -511,9 +1211,11 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
 def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> None:
     """The top of the table and where the rest is, on the console."""
     stream = stream or sys.stdout
-    print(f"gdlab: sweep {summary.sweep_dir}: {headline(summary.rows)}", file=stream)
-    if summary.rows and top > 0:
-        print(markdown_table(summary.rows, limit=top), file=stream)
+    table = summary.table if summary.table is not None else as_table(summary.rows)
+    print(f"gdlab: sweep {summary.sweep_dir}: {headline(table)}", file=stream)
+    if len(table) and top > 0:
+        more_in = SUMMARY_MD if len(table) <= MD_ROWS else SUMMARY_CSV
+        print(markdown_table(table, limit=top, more_in=more_in), file=stream)
     written = [summary.csv_path, summary.md_path, summary.plot_path, *summary.race_paths]
     written.append(summary.edge_path)
     print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
