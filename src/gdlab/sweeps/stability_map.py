@@ -756,7 +756,10 @@ def _only(values: Any) -> Any:
     import numpy as np
 
     array = np.asarray(values)
-    return array.ravel()[0].item() if array.size else None
+    if not array.size:
+        return None
+    first = array.ravel()[0]
+    return first.item() if hasattr(first, "item") else first  # object arrays hold plain values
 
 
 # --------------------------------------------------------------------------- a sweep's rows

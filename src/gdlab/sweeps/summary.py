@@ -1173,6 +1173,8 @@ class SweepSummary:
     race_paths: list[Path] = field(default_factory=list)
     #: edge_of_stability.png, where the jobs measured their sharpness (gdlab.sweeps.edge_plot)
     edge_path: Path | None = None
+    #: stability_map.png, where the sweep is a grid over two keys (gdlab.sweeps.stability_map)
+    stability_path: Path | None = None
     table: SweepTable | None = None
 
     @property
@@ -1187,7 +1189,8 @@ class SweepSummary:
 def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
     """Read every job of the sweep back and write summary.csv, summary.md (and lr.png, the
     race's pictures when the runs share one landscape of one or two numbers, and
-    edge_of_stability.png when they measured their sharpness)."""
+    edge_of_stability.png when they measured their sharpness, stability_map.png over a grid
+    of two swept keys)."""
     sweep_dir = Path(sweep_dir)
     table = collect_table(sweep_dir)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
@@ -1205,7 +1208,27 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
         from gdlab.sweeps.edge_plot import draw_edge_of_stability
 
         summary.edge_path = draw_edge_of_stability(sweep_dir, rows)
+    if plot and len(table) >= 16 and len(table.problems()) == 1:
+        summary.stability_path = draw_stability_map_of(sweep_dir, table)
     return summary
+
+
+def draw_stability_map_of(sweep_dir: Path, table: SweepTable) -> Path | None:
+    """stability_map.png where the sweep is a grid over two swept keys (from the columns: a
+    million members draw in seconds); None otherwise."""
+    from gdlab.sweeps.stability_map import draw_stability_map_columns
+
+    first_job = str(table.columns["job"][0]).split("#", 1)[0]
+    return draw_stability_map_columns(
+        sweep_dir,
+        table.values,
+        table.columns["status"],
+        table.columns["excess_loss"],
+        lr_limit=table.columns["lr_limit"],
+        final_loss=table.columns["final_loss"],
+        job_dir=Path(sweep_dir) / first_job,
+        problem=table.problems()[0],
+    )
 
 
 def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> None:
@@ -1217,6 +1240,6 @@ def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> N
         more_in = SUMMARY_MD if len(table) <= MD_ROWS else SUMMARY_CSV
         print(markdown_table(table, limit=top, more_in=more_in), file=stream)
     written = [summary.csv_path, summary.md_path, summary.plot_path, *summary.race_paths]
-    written.append(summary.edge_path)
+    written += [summary.edge_path, summary.stability_path]
     print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
     stream.flush()
