@@ -309,7 +309,7 @@ FLOPS_PER_SAMPLE = 7
 
 
 def training_ns(
-    k: int, steps: int, overrides: list[str], compile_choice: str
+    k: int, steps: int, overrides: list[str], compile_choice: str, device: str = "cpu"
 ) -> tuple[float, float]:
     """(ns per member-step of a warm run, seconds of the first run): in this process."""
     import torch
@@ -321,7 +321,7 @@ def training_ns(
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", [*WORKLOAD, f"trainer.steps={steps}", "trainer.progress=false",
-                                 "trainer.tol=0", *overrides])  # fmt: skip
+                                 "trainer.tol=0", f"device={device}", *overrides])  # fmt: skip
     lrs = {"lr": [1e-3 + 0.5 * i / k for i in range(k)]}
     first = time.perf_counter()
     from_config(cfg, {"lr": lrs["lr"][:1000]}, compile=compile_choice).run()  # compiles
@@ -332,7 +332,7 @@ def training_ns(
     return result.wall_time_s / (k * steps) * 1e9, first
 
 
-def roofline_ns(k: int) -> tuple[float, float]:
+def roofline_ns(k: int, device: str = "cpu") -> tuple[float, float]:
     """(ns per member-step at this machine's fused-kernel rate, that rate in GFLOP/s)."""
     import torch
 
@@ -340,9 +340,9 @@ def roofline_ns(k: int) -> tuple[float, float]:
 
     torch.set_num_threads(1)
     objective = LinearRegression()
-    objective.setup(torch.device("cpu"), torch.float32)
+    objective.setup(torch.device(device), torch.float32)
     x, y = objective.X[:, 0], objective.y
-    w, b = torch.randn(k), torch.randn(k)
+    w, b = torch.randn(k, device=device), torch.randn(k, device=device)
 
     @torch.compile(dynamic=False)
     def kernel(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -351,9 +351,12 @@ def roofline_ns(k: int) -> tuple[float, float]:
 
     kernel(w, b)
     repeats = 20
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         kernel(w, b)
+    sync()
     seconds = (time.perf_counter() - start) / repeats
     rate = 5 * k * x.numel() / seconds  # 5 flops per element: *, +, -, square, sum
     return FLOPS_PER_SAMPLE * x.numel() / rate * 1e9, rate / 1e9
@@ -362,12 +365,12 @@ def roofline_ns(k: int) -> tuple[float, float]:
 def compiled_against_eager(args: argparse.Namespace) -> None:
     k, steps = args.compile_k, STEPS
     print(f"population training loop, tutorial regression, K = {k:,}, {steps} steps, 1 thread")
-    floor, rate = roofline_ns(k)
+    floor, rate = roofline_ns(k, args.device)
     print(f"roofline: {FLOPS_PER_SAMPLE * 100} flops per member-step at {rate:.1f} GFLOP/s "
           f"(one fused kernel) = {floor:.1f} ns per member-step")  # fmt: skip
     for name, overrides in RULE_CASES.items():
-        compiled, first = training_ns(k, steps, overrides, "true")
-        eager, _ = training_ns(args.eager_k, steps, overrides, "false")
+        compiled, first = training_ns(k, steps, overrides, "true", args.device)
+        eager, _ = training_ns(args.eager_k, steps, overrides, "false", args.device)
         print(f"{name:<18} compiled {compiled:6.1f} ns ({compiled / floor:4.1f}x roofline, "
               f"target <= 50)   eager {eager:7.1f} ns (K = {args.eager_k:,}; "
               f"{eager / floor:5.1f}x roofline)   compiled/eager {compiled / eager:.3f}   "

@@ -21,5 +21,6 @@ run 120 "$py" scripts/bench_regression.py --device cuda --repeats 7
 run 60 "$py" scripts/bench_startup.py --repeats 3
 if [ -f scripts/bench_population.py ]; then
   run 240 "$py" scripts/bench_population.py --device cuda
+  run 300 "$py" scripts/bench_population.py --device cuda --compile --eager-k 1000000
 fi
 exit $status
