@@ -81,7 +81,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
 
     job_cfg = job_config(cfg, plan, valid[0])
     problem = build_problem(job_cfg)
-    trained = members.select(valid)
+    trained = members.select(valid, checked=True)  # judged just above, against `values`
     options = plan.options
     with GracefulInterrupt() as interrupt:
         trainer = PopulationTrainer(
