@@ -27,7 +27,7 @@ touches `.grad`, and draws its random start vectors from its own generator.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from gdlab.errors import GdlabError
 from gdlab.optim import preconditioner
-from gdlab.rules import stability_constant
+from gdlab.rules import STABILITY_ARGUMENTS, limit_at, stability_constant, threshold_at
 
 #: K members' losses [K] from parameters with a leading member dimension (with their graph)
 LossesFn = Callable[[dict[str, Tensor]], Tensor]
@@ -391,11 +391,9 @@ class Sharpness:
             limit = ratio = threshold = None
             constant = self.constants[member]
             if constant is not None and (self.rule == "sgd" or pre is not None):
-                c, shift = constant
-                curvature = judged_values[i] + shift
-                limit = c / curvature if curvature > 0 else None
-                ratio = lrs[i] * curvature / c if curvature > 0 else 0.0
-                threshold = c / lrs[i] - shift
+                limit = limit_at(constant, judged_values[i])
+                ratio = 0.0 if limit is None else lrs[i] / limit  # no limit: never unstable
+                threshold = threshold_at(constant, lrs[i])
             points.append(
                 SharpnessPoint(
                     step=step,
@@ -473,15 +471,19 @@ def _store(
     return vectors
 
 
-def constants_for(rule: str, rows: list[dict[str, Any]]) -> list[tuple[float, float] | None]:
-    """Each member's (c, shift) from its hyperparameters (by name), once per distinct row."""
+def constants_for(
+    rule: str, columns: Mapping[str, Sequence[Any]], count: int = 1
+) -> list[tuple[float, float] | None]:
+    """Each member's `stability_constant` from its hyperparameters (name -> one value per
+    member; `count` members where none of them varies), once per distinct setting."""
+    names = [n for n in STABILITY_ARGUMENTS if n in columns]
+    rows = zip(*(columns[n] for n in names), strict=True) if names else [()] * count
     cache: dict[tuple, tuple[float, float] | None] = {}
     out = []
     for row in rows:
-        key = tuple(sorted(row.items()))
-        if key not in cache:
-            cache[key] = stability_constant(rule, row)
-        out.append(cache[key])
+        if row not in cache:
+            cache[row] = stability_constant(rule, dict(zip(names, row, strict=True)))
+        out.append(cache[row])
     return out
 
 

@@ -17,14 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdlab.batches import BatchSampler, data_shape, uses_mini_batches
 from gdlab.checkpoint import save_checkpoint
-from gdlab.curvature import Sharpness, constants_for
+from gdlab.curvature import Sharpness
 from gdlab.errors import GdlabError
 from gdlab.events import RunInfo, RunResult, Sink
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.optim import UpdateRule, settings_for
 from gdlab.problem import Problem, build_problem
-from gdlab.rules import rule_lr_limit
+from gdlab.rules import rule_lr_limit, stability_constant
 from gdlab.schedules import make_schedule
 from gdlab.settings import HPARAM_KEYS, settings_of
 from gdlab.sinks.console import ConsoleSink
@@ -115,7 +115,7 @@ def sharpness_probe(problem: Problem, rule: UpdateRule) -> Sharpness | None:
         return None
     name = rule.settings.rule
     return Sharpness(
-        problem.sharpness, name, rule.hyper, constants_for(name, [rule.hyper]), problem.name
+        problem.sharpness, name, rule.hyper, [stability_constant(name, rule.hyper)], problem.name
     )
 
 

@@ -358,15 +358,32 @@ def lr_limit(
         "weight_decay": weight_decay,
         "clip_norm": clip_norm,
     }
-    constant = stability_constant("sgd", hyper)
-    if L is None or constant is None:
+    return limit_at(stability_constant("sgd", hyper), L)
+
+
+def limit_at(constant: tuple[float, float] | None, curvature: float | None) -> float | None:
+    """c / (curvature + shift), the largest stable lr at `curvature` for a rule's
+    `stability_constant`; None without a constant or a curvature, or where curvature + shift
+    is not positive (no step size is unstable there)."""
+    if constant is None or curvature is None:
         return None
     c, shift = constant
-    return c / (L + shift)
+    return c / (curvature + shift) if curvature + shift > 0 else None
+
+
+def threshold_at(constant: tuple[float, float] | None, lr: float) -> float | None:
+    """c / lr - shift: the curvature at which `lr` is the edge of stability (2/lr for plain
+    SGD); None without a constant."""
+    if constant is None:
+        return None
+    c, shift = constant
+    return c / lr - shift
 
 
 #: the hyperparameters SGD's stability limit depends on
 LIMIT_ARGUMENTS = ("momentum", "dampening", "nesterov", "weight_decay", "clip_norm")
+#: ... and every rule's (`stability_constant`)
+STABILITY_ARGUMENTS = (*LIMIT_ARGUMENTS, "beta1")
 
 
 def rule_lr_limit(
@@ -376,20 +393,12 @@ def rule_lr_limit(
     needs L, the largest curvature; an adaptive rule's needs its preconditioned sharpness
     (`preconditioned=True`: L is the largest eigenvalue of P^-1 H, measured by
     gdlab.curvature), else it has none (None)."""
-    if L is None or (rule != "sgd" and not preconditioned):
+    if rule != "sgd" and not preconditioned:
         return None
-    constant = stability_constant(rule, hyper)
-    if constant is None:
-        return None
-    c, shift = constant
-    return c / (L + shift) if L + shift > 0 else None
+    return limit_at(stability_constant(rule, hyper), L)
 
 
 def edge_threshold(rule: str, lr: float, hyper: dict[str, Any]) -> float | None:
     """The sharpness at which lr is the edge of stability (lr = lr_limit): 2/lr for plain
     SGD, 38/lr for Adam at beta1 = 0.9; None where the rule has no limit."""
-    constant = stability_constant(rule, hyper)
-    if constant is None:
-        return None
-    c, shift = constant
-    return c / lr - shift
+    return threshold_at(stability_constant(rule, hyper), lr)

@@ -12,6 +12,7 @@ the step budget is spent. Each member's result equals the plain run with the sam
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,6 @@ from gdlab.population.compiled import Step, compile_choice, wants_compile
 from gdlab.population.members import Members, member_base
 from gdlab.rules import (
     GO_ON,
-    LIMIT_ARGUMENTS,
     STOP_STATUS,
     TREND_POINTS,
     Status,
@@ -41,8 +41,8 @@ from gdlab.rules import (
     distance_to_minimizer,
     end_code,
     end_reason,
+    limit_at,
     precision,
-    rule_lr_limit,
     score,
     stop_code,
     stop_reason,
@@ -176,26 +176,18 @@ class PopulationTrainer:
         #: the members' sharpness measurements (sharpness.every > 0), judged by their rule
         self.sharpness: Sharpness | None = None
         if sharpness is not None and sharpness.every > 0:
-            names = [n for n in (*LIMIT_ARGUMENTS, "beta1") if n in members.columns]
-            columns = [members.columns[n] for n in names]
-            rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-            rows = rows or [{}] * len(members)
-            self.sharpness = Sharpness(
-                sharpness, members.rule, {}, constants_for(members.rule, rows), name
-            )
+            self.sharpness = Sharpness(sharpness, members.rule, {}, self.constants, name)
+
+    @functools.cached_property
+    def constants(self) -> list[tuple[float, float] | None]:
+        """Each member's `stability_constant` (gdlab.rules), once per distinct setting."""
+        return constants_for(self.members.rule, self.members.columns, len(self.members))
 
     def lr_limits(self) -> list[float | None]:
-        """Each member's largest stable lr (gdlab.rules.rule_lr_limit), once per distinct
-        setting."""
-        m, cache = self.members, {}
-        names = [n for n in LIMIT_ARGUMENTS if n in m.columns]
-        out: list[float | None] = []
-        for row in zip(*(m.columns[n] for n in names), strict=True) if names else [()] * len(m):
-            if row not in cache:
-                hyper = dict(zip(names, row, strict=True))
-                cache[row] = rule_lr_limit(m.rule, self.curvature, hyper)
-            out.append(cache[row])
-        return out
+        """Each member's largest stable lr where the curvature is known (SGD on a quadratic)."""
+        if self.curvature is None:
+            return [None] * len(self.members)
+        return [limit_at(c, self.curvature) for c in self.constants]
 
     def _initial_params(self) -> tuple[Params, Tensor, list[torch.Generator]]:
         """Each member's start from its own seeded generator, drawn once per distinct seed."""
