@@ -218,8 +218,8 @@ def test_mistakes_raise_gdlab_error_with_one_line(tmp_path: Path) -> None:
         gdlab.run("objective.a=0", *QUICK, dir=tmp_path / "flat")  # found while building
     with pytest.raises(gdlab.GdlabError, match="flags"):
         gdlab.run("-m", "optimizer.lr=0.1,0.2")
-    with pytest.raises(gdlab.GdlabError, match="hydra/launcher=ray is not an option"):
-        gdlab.sweep("optimizer.lr=0.1", launcher="ray", dir=tmp_path / "ray")
+    with pytest.raises(gdlab.GdlabError, match="hydra/launcher=nope is not an option"):
+        gdlab.sweep("optimizer.lr=0.1", launcher="nope", dir=tmp_path / "nope")
     with pytest.raises(gdlab.GdlabError, match="not both"):
         gdlab.run(f"hydra.run.dir={tmp_path / 'a'}", dir=tmp_path / "b")
     (tmp_path / "used").mkdir()

@@ -32,6 +32,13 @@ class SweepSummaryCallback(Callback):
     def __init__(self, top: int = 10) -> None:
         self.top = top
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from gdlab.threads import sweep_thread_note, usable_cpus
+
+        note = sweep_thread_note(config.hydra.launcher, usable_cpus())
+        if note:
+            print(note, flush=True)
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from gdlab.threads import limit_torch_threads
 
