@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdlab.sweeps import collect_jobs
@@ -59,14 +61,18 @@ def check_sweep(sweep_dir: Path, n_jobs: int, steps: int) -> list[dict]:
     return table
 
 
+def without_wall_times(table: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "wall" not in k} for row in table]
+
+
 @pytest.mark.slow
 def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path: Path) -> None:
+    """gdlab's joblib launcher: the basic launcher's results, one thread line per sweep, each
+    job's lines marked with its number, and a prompt exit (loky's idle workers must not keep
+    the process waiting: they did once, for their 300 s timeout)."""
+    sweep = ("optimizer.lr=0.02,0.1,0.3,0.5", "trainer.steps=30")
     proc, sweep_dir = run_sweep(
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "optimizer.lr=0.02,0.1,0.3,0.5",
-        "trainer.steps=30",
-        cwd=tmp_path,
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *sweep, cwd=tmp_path, timeout=120
     )
     table = check_sweep(sweep_dir, 4, 30)
     assert table[0]["optimizer.lr"] == "0.5"
@@ -78,6 +84,70 @@ def test_joblib_sweep_of_four_jobs_two_at_a_time(tmp_path: Path) -> None:
             assert match and int(match.group(1)) == expected
             assert (job / "loss.png").exists()
     assert "| rank | optimizer.lr |" in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert [line for line in lines if "thread" in line] == [
+        f"gdlab: joblib runs 2 jobs at once on {usable_cpus()} core"
+        f"{'' if usable_cpus() == 1 else 's'}: torch uses {expected} thread"
+        f"{'' if expected == 1 else 's'} in each"
+    ]
+    for num in range(4):  # every line of a job carries its number, as Hydra lists the jobs
+        mine = [line for line in lines if line.startswith(f"[#{num}] gdlab: ")]
+        assert any("run directory" in line for line in mine), lines
+    assert not [line for line in lines if line.startswith("gdlab: run directory")]
+
+    basic = tmp_path / "basic"
+    basic.mkdir()
+    _, basic_dir = run_sweep(*sweep, cwd=basic)
+    assert without_wall_times(check_sweep(basic_dir, 4, 30)) == without_wall_times(table)
+
+
+def test_joblib_launch_reuses_the_warm_workers() -> None:
+    """The warm-up's workers are the ones the launch gets: joblib hands the same reusable
+    executor to a Parallel with the same arguments (the whole point of warming them)."""
+    from joblib import Parallel, delayed
+
+    from hydra_plugins.gdlab_launchers._joblib import WarmUp, parallel_arguments
+
+    warm_up = WarmUp.start({"n_jobs": 2, "prefer": "processes", "pre_dispatch": "2*n_jobs"})
+    warm_up.wait()
+    assert warm_up.workers
+    arguments = parallel_arguments({"n_jobs": 2, "prefer": "processes", "pre_dispatch": "2*n_jobs"})
+    pids = Parallel(**arguments)(delayed(os.getpid)() for _ in range(8))  # type: ignore
+    assert set(pids) <= set(warm_up.workers)
+
+
+class Loader:
+    """A config loader that composes a config of its overrides, and counts."""
+
+    calls = 0
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        Loader.calls += 1
+        return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+
+def test_compositions_are_kept_once_and_never_travel_with_the_loader() -> None:
+    """What the sweeper's check composes is handed to the launcher once; detached, the loader
+    pickles as Hydra's own (it goes to the workers with every job)."""
+    import pickle
+
+    from hydra_plugins.gdlab_launchers._compositions import Compositions
+
+    loader = Loader()
+    compositions = Compositions.attach(loader)
+    master = OmegaConf.create({})
+    checked = loader.load_sweep_config(master_config=master, sweep_overrides=["a=1"])
+    assert Loader.calls == 1 and checked.overrides == ["a=1"]
+    kept = compositions.take(["a=1"])
+    assert kept == checked and kept is not checked
+    assert compositions.take(["a=1"]) is None  # once
+    assert compositions.compose(master, ["b=2"]).overrides == ["b=2"] and Loader.calls == 2
+    assert compositions.take(["b=2"]) is None  # composed for the launch, not kept
+    compositions.detach()
+    assert "load_sweep_config" not in vars(pickle.loads(pickle.dumps(loader)))
+    compositions.attach_again()
+    loader.load_sweep_config(master, ["c=3"])
+    assert compositions.take(["c=3"]) is not None
 
 
 @pytest.mark.slow

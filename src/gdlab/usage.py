@@ -89,4 +89,14 @@ def describe(err: BaseException) -> str | None:
     if isinstance(err, OSError) and err.filename is not None:
         # e.g. an output directory that cannot be created or written
         return f"cannot write {err.filename}: {err.strerror}"
+    if isinstance(err, RuntimeError) and NO_SLURM in str(err):
+        return (
+            "hydra/launcher=slurm submits the jobs with SLURM, which this machine does not "
+            "have (no srun): run the command on the cluster's login node, or try the sweep "
+            "here with hydra/launcher=submitit_local"
+        )
     return None
+
+
+#: what submitit says when it is asked to submit where SLURM is not installed
+NO_SLURM = 'Could not detect "srun"'

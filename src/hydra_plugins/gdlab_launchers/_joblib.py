@@ -21,6 +21,8 @@ from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
+#: what a worker's memory may grow by before loky replaces it (`allow_memory_growth`)
+WORKER_MEMORY_GROWTH = 8 * 2**30
 #: what a job imports: the app with Hydra and torch, the trainer and its sinks, matplotlib
 JOB_MODULES = ("gdlab.cli", "gdlab.experiment", "gdlab.population.job", "gdlab.sinks.plots")
 
@@ -34,9 +36,23 @@ def parallel_arguments(joblib_cfg: Any) -> dict[str, Any]:
     return arguments
 
 
+def allow_memory_growth() -> None:
+    """Raise loky's leak guard in this worker to WORKER_MEMORY_GROWTH.
+
+    loky replaces a worker whose resident memory grew by 300 MB since its first task, taking
+    it for a leak. A population job of 10^5 members holds that much for a while, and the
+    allocator keeps the freed pages, so every such job would cost a new worker that imports
+    torch and compiles the step again (seconds each, for jobs of under a second)."""
+    from joblib.externals.loky import process_executor
+
+    limit = getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", 0)
+    process_executor._MAX_MEMORY_LEAK_SIZE = max(limit, WORKER_MEMORY_GROWTH)
+
+
 def import_job_modules() -> int:
     """Import what a gdlab job needs, in a worker, with the collector paused (as the `gdlab`
     command does: gdlab.launch); returns the worker's process id."""
+    allow_memory_growth()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -90,6 +106,7 @@ def execute_job(
 ) -> JobReturn:
     """One job in a worker: Hydra's joblib `execute_job`, with the config composed already
     (None: compose it here, as Hydra's launcher does)."""
+    allow_memory_growth()
     setup_globals()
     Singleton.set_state(singleton_state)
     if sweep_config is None:
