@@ -76,6 +76,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_population import mem_total
+
 WORKLOAD = ["experiment=linear_regression"]
 LR_MAX = 1.2
 EFFICIENCY_TARGET = 0.8
@@ -232,14 +235,6 @@ class Measurement:
     cpu: float | None = None  # CPU seconds the whole process tree used
     job_train_median: float | None = None  # one job's training loop, median over the jobs
     load: float | None = None  # 1-minute load average when the command ended
-
-
-def mem_total() -> int:
-    with open("/proc/meminfo") as handle:
-        for line in handle:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
 def sample_tree(root: object, cpu: dict[int, float]) -> int:

@@ -285,6 +285,18 @@ def on_cluster(head: Head) -> list[str]:
     return ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={head.address}"]
 
 
+def basic_and_on_cluster(
+    args: list[str], head: Head, tmp_path: Path
+) -> tuple[Path, subprocess.CompletedProcess[str], Path]:
+    """The sweep under the basic launcher, then on the cluster: (basic sweep dir, the Ray
+    command, its sweep dir), each run from its own directory under tmp_path."""
+    (tmp_path / "basic").mkdir()
+    (tmp_path / "ray").mkdir()
+    _, basic = run_sweep(*args, cwd=tmp_path / "basic")
+    proc, on_ray = run_sweep(*args, *on_cluster(head), cwd=tmp_path / "ray")
+    return basic, proc, on_ray
+
+
 def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
     """summary.csv's rows without the columns that measure time."""
     rows = list(csv.DictReader(io.StringIO((sweep_dir / "summary.csv").read_text())))
@@ -346,10 +358,7 @@ def test_plain_sweep_on_a_cluster_equals_the_basic_launcher(ray_head: Head, tmp_
         "trainer.steps=30",
         "logger.plots=false",
     ]
-    (tmp_path / "basic").mkdir()
-    (tmp_path / "ray").mkdir()
-    _, basic = run_sweep(*args, cwd=tmp_path / "basic")
-    proc, on_ray = run_sweep(*args, *on_cluster(ray_head), cwd=tmp_path / "ray")
+    basic, proc, on_ray = basic_and_on_cluster(args, ray_head, tmp_path)
 
     # where the basic launcher would write: under the driver's cwd, not the head's
     assert not (ray_head.cwd / "outputs").exists()
@@ -374,10 +383,7 @@ def test_population_sweep_split_into_jobs_on_a_cluster(ray_head: Head, tmp_path:
         "hydra.sweeper.max_members=3",
         "trainer.steps=30",
     ]
-    (tmp_path / "basic").mkdir()
-    (tmp_path / "ray").mkdir()
-    _, basic = run_sweep(*args, cwd=tmp_path / "basic")
-    proc, on_ray = run_sweep(*args, *on_cluster(ray_head), cwd=tmp_path / "ray")
+    basic, proc, on_ray = basic_and_on_cluster(args, ray_head, tmp_path)
     assert "9 settings in 3 jobs" in proc.stdout
     jobs = job_dirs(on_ray)
     assert len(jobs) == 3 and all((job / "population.json").exists() for job in jobs)
