@@ -182,9 +182,10 @@ def test_population_sweep_runs_each_group_as_one_job(tmp_path: Path) -> None:
         for i, overrides in enumerate(doc["overrides"]):
             if doc["status"][i] == "failed" or "optimizer.momentum=0.9" in overrides:
                 continue
-            plain = run_cli(*overrides, "logger.plots=false", f"hydra.run.dir={tmp_path / 'p'}")
+            plain_dir = tmp_path / f"p{len(list(tmp_path.glob('p*')))}"  # a new run, a new dir
+            plain = run_cli(*overrides, "logger.plots=false", f"hydra.run.dir={plain_dir}")
             assert plain.returncode == 0, plain.stderr
-            metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+            metrics = json.loads((plain_dir / "metrics.json").read_text())
             assert doc["status"][i] == metrics["status"]
             assert doc["steps"][i] == metrics["steps"]
             assert doc["params"]["x"][i] == pytest.approx(metrics["params"]["x"], rel=1e-5)

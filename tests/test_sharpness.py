@@ -366,7 +366,7 @@ def test_population_json_and_summary_carry_the_final_sharpness(tmp_path: Path) -
     assert data["sharpness_step"] == [20, 20]
     assert data["sharpness_initial_lambda_max"][0] == pytest.approx(1506.367, rel=1e-5)
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
-    by_lr = {float(r["lr"]): r for r in rows}
+    by_lr = {float(r["optimizer.lr"]): r for r in rows}
     assert float(by_lr[0.001]["sharpness.lambda_max"]) == pytest.approx(
         data["sharpness_lambda_max"][1]
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -88,9 +87,11 @@ def run(*overrides: str, dir: PathLike | None = None, progress: bool | None = No
         args.append(f"trainer.progress={str(progress).lower()}")
     code = _command(args)
     if code in INTERRUPTED:
+        from gdlab.rundir import resume_override
+
         raise KeyboardInterrupt(
             f"gdlab: run interrupted; it is checkpointed in {run_dir}: continue it with "
-            f"gdlab.run('trainer.resume={run_dir}')"
+            f"gdlab.run({resume_override(run_dir)!r})"
         )
     if code != 0:
         raise RuntimeError(f"gdlab {' '.join(args)} ended with exit code {code}")
@@ -232,10 +233,9 @@ def _check_new(path: Path) -> None:
 
 def _quote(path: Path) -> str:
     """A path as an override value: as it is when Hydra's grammar allows, else quoted."""
-    text = os.fspath(path)
-    if re.fullmatch(r"[\w./~:+@-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    from gdlab.rundir import hydra_quote
+
+    return hydra_quote(path)
 
 
 def _in_notebook() -> bool:
@@ -548,7 +548,12 @@ def _row_columns(table: Any, index: Any = None) -> dict[str, list[Any]]:
     `index` (default every row) of the sweep's table (gdlab.sweeps.summary.SweepTable)."""
     import numpy as np
 
-    from gdlab.sweeps.summary import CSV_COLUMNS, SHARPNESS_COLUMNS
+    from gdlab.sweeps.summary import (
+        CSV_COLUMNS,
+        CSV_LEADING,
+        SHARPNESS_COLUMNS,
+        csv_override_keys,
+    )
 
     chosen = None if index is None else np.asarray(index, dtype=np.int64)
     overrides = table.overrides if chosen is None else table.overrides.take(chosen)
@@ -557,7 +562,9 @@ def _row_columns(table: Any, index: Any = None) -> dict[str, list[Any]]:
         "job": table.python_column("job", chosen),
         "overrides": overrides.to_pylist(),
     }
-    for key in table.override_keys():
+    for column in CSV_COLUMNS[3:CSV_LEADING]:  # optimizer.lr: the lr each row trained with
+        columns[column] = table.python_column(column, chosen)
+    for key in csv_override_keys(table):
         texts = (table.values[key] if chosen is None else table.values[key][chosen]).tolist()
         parsed = {text: _parse(text) for text in set(texts)}
         columns[key] = [parsed[text] for text in texts]

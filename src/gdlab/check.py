@@ -9,7 +9,9 @@ It builds the objective in float64 on the configured device, takes the run's sta
 (`trainer.seed`) and `check.points` seeded random points around it, compares autograd with the
 analytic `grad` (when the class has one) and with finite differences
 (`torch.autograd.gradcheck`), prints a table, and exits 1 naming the parameter and the point
-of each mismatch (2 for a user mistake, 0 when everything agrees).
+of each mismatch (2 for a user mistake, 0 when everything agrees). A loss that is NaN or
+infinite at a point is not a gradient mismatch: one line says so, naming the points, and the
+exit code is 1. `gdlab-check --help` (configs/check.yaml) lists the check.* keys.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from gdlab.objectives.instantiate import (
     registered_name,
     setup_objective,
 )
+from gdlab.problem import objective_choice
 
-MISMATCH = 1
+MISMATCH = 1  # a gradient mismatch, or a loss that is not finite at a point
+#: points named in the line about a loss that is not finite; the rest are counted
+NAMED_POINTS = 3
 
 
 @dataclass
@@ -104,8 +109,8 @@ def table(rows: list[Row]) -> str:
             r.parameter,
             f"{r.loss:.6g}",
             diff_cell(r.analytic_diff, r.analytic_ok, r.analytic_note),
-            f"{r.fd_diff:.2e}",
-            "pass" if r.fd_ok else "FAIL",
+            f"{r.fd_diff:.2e}" if r.loss_finite else "-",
+            ("pass" if r.fd_ok else "FAIL") if r.loss_finite else "-",
             short(r.value),
         )
         for r in rows
@@ -117,10 +122,52 @@ def table(rows: list[Row]) -> str:
     )
 
 
+def point_values(rows: list[Row], point: str) -> str:
+    """`x=1, y=[1, 2]`: every parameter's value at `point`."""
+    return ", ".join(f"{r.parameter}={short(r.value)}" for r in rows if r.point == point)
+
+
+def loss_line(rows: list[Row]) -> str | None:
+    """One line naming the points where the loss itself is NaN or infinite (no gradient was
+    compared there); None when it is finite everywhere."""
+    losses = {r.point: f"{r.loss:g}" for r in rows if not r.loss_finite}
+    if not losses:
+        return None
+    shown = list(losses)[:NAMED_POINTS]
+    by_value: dict[str, list[str]] = {}
+    for point in shown:
+        by_value.setdefault(losses[point], []).append(f"{point!r} ({point_values(rows, point)})")
+    parts = [
+        f"{value} at point{'s' if len(named) > 1 else ''} {', '.join(named)}"
+        for value, named in by_value.items()
+    ]
+    more = len(losses) - len(shown)
+    text = "; ".join(parts) + (f"; and so at {more} more point{'s' * (more > 1)}" if more else "")
+    return (
+        f"gdlab-check: the loss itself is {text}: loss(params) must return a finite number, so "
+        "no gradient was compared there"
+    )
+
+
 def mismatch_lines(rows: list[Row], tol: Tolerances) -> list[str]:
-    lines = []
+    line = loss_line(rows)
+    lines = [] if line is None else [line]
     for r in rows:
+        if not r.loss_finite:
+            continue  # said once, above
         where = f"parameter {r.parameter!r} at point {r.point!r} ({r.parameter}={short(r.value)})"
+        if not r.grad_finite:  # a difference from NaN would say "by nan": say what it is
+            lines.append(
+                f"gdlab-check: mismatch: {where}: autograd's gradient is not finite (NaN or "
+                f"infinite) there, though the loss is {r.loss:.6g}"
+            )
+            continue
+        if not r.fd_finite:
+            lines.append(
+                f"gdlab-check: mismatch: {where}: the loss is NaN or infinite a finite-difference "
+                f"step away (check.fd_eps={tol.fd_eps:g}), though it is {r.loss:.6g} there"
+            )
+            continue
         if r.analytic_ok is False:
             what = r.analytic_note or (
                 f"analytic grad differs from autograd by {r.analytic_diff:.3g} "
@@ -141,6 +188,13 @@ def run_check(cfg: DictConfig) -> int:
     tol = tolerances(cfg.check)
     device, device_note = resolve_device(str(getattr(cfg.device.type, "value", cfg.device.type)))
     dtype = torch.float64
+    from gdlab.problem import preflight
+    from gdlab.settings import seed_problem
+
+    message = seed_problem("trainer.seed", cfg.trainer.seed)
+    if message is not None:
+        raise GdlabError(message)
+    preflight(cfg, device, dtype)  # objective seeds and memory, before the objective is built
     objective = build_objective(cfg.objective)
     setup_objective(objective, device, dtype)
     generator = torch.Generator(device=device).manual_seed(int(cfg.trainer.seed))
@@ -155,7 +209,8 @@ def run_check(cfg: DictConfig) -> int:
     entry = entry_for(objective)
     where = f" ({entry.where})" if entry is not None else ""
     has_grad = getattr(objective, "grad", None) is not None
-    print(f"gdlab-check: {registered_name(objective)}{where}, float64 on {device_note}")
+    name = objective_label(cfg, objective)
+    print(f"gdlab-check: {name}{where}, float64 on {device_note}")
     print(
         f"gradients at the start (trainer.seed={cfg.trainer.seed}) and {cfg.check.points} "
         f"random points (start + {cfg.check.scale:g} * N(0, 1), check.seed={cfg.check.seed})"
@@ -171,11 +226,23 @@ def run_check(cfg: DictConfig) -> int:
         return MISMATCH
     compared = "the analytic grad and finite differences" if has_grad else "finite differences"
     print(f"gdlab-check: OK: autograd agrees with {compared} at {len(points)} points")
-    print_curvature(objective, start)
+    print_curvature(objective, start, name=objective_choice(cfg) or registered_name(objective))
     return 0
 
 
-def print_curvature(objective: object, start: dict[str, torch.Tensor]) -> None:
+def objective_label(cfg: DictConfig, objective: object) -> str:
+    """The objective as the command named it: a preset by its own name, and what it is a
+    preset of (`booth_far_start, a preset of booth`)."""
+    name = registered_name(objective)
+    choice = objective_choice(cfg)
+    if choice is None or choice == name:
+        return name
+    return f"{choice}, a preset of {name}"
+
+
+def print_curvature(
+    objective: object, start: dict[str, torch.Tensor], name: str | None = None
+) -> None:
     """The Hessian's extreme eigenvalues at the start and each update rule's local lr limit
     there (gdlab.curvature): the principled answer to "what lr should I try?"."""
     from gdlab.curvature import start_limits
@@ -188,7 +255,8 @@ def print_curvature(objective: object, start: dict[str, torch.Tensor]) -> None:
         for rule in UPDATE_RULES
     }
     try:
-        points = start_limits(objective.loss, start, defaults, name=registered_name(objective))  # type: ignore[attr-defined]
+        loss = objective.loss  # type: ignore[attr-defined]
+        points = start_limits(loss, start, defaults, name=name or registered_name(objective))
     except GdlabError as err:
         print(f"gdlab-check: {err}")
         return

@@ -10,21 +10,25 @@ it again and again; `console_main()` (the `gdlab` console script, `python -m gdl
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gdlab.config import OUTPUT_SUBDIR, config_dir
-from gdlab.entry import UserMistake, exit_quickly, run_app, show_tracebacks
+from gdlab import rundir
+from gdlab.config import MULTIRUN_RESUME, OUTPUT_SUBDIR, config_dir
+from gdlab.entry import USAGE_ERROR, UserMistake, exit_quickly, run_app, show_tracebacks
 from gdlab.errors import GdlabError
 from gdlab.interrupts import GracefulInterrupt
 from gdlab.resume import AlreadyFinished, prepare_resume
-from gdlab.sinks.console import summary_line
+from gdlab.rundir import resume_command
+from gdlab.sinks.console import display_path, summary_line
 from gdlab.sweeps.callback import last_sweep_failed
 from gdlab.sweeps.failures import job_failed, objective_value
 
@@ -47,6 +51,9 @@ def app(cfg: DictConfig) -> float | None:
         # Leave Hydra as SystemExit does (an Exception would get a line of Hydra's own too);
         # `run_app` prints the message in one line, or raises it for gdlab.run.
         raise UserMistake(str(err)) from None
+    finally:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # a launcher may run the next job here
+            rundir.release(hydra_cfg.runtime.output_dir)
 
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
@@ -59,10 +66,17 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.resume is not None:
+        raise GdlabError(MULTIRUN_RESUME)
+    # A plain run has taken its lock while Hydra prepared its directory
+    # (config.output_subdir_for); a sweep job, or a run with hydra.output_subdir=null, here.
+    if rundir.lock(run_dir) and hydra_cfg.mode == RunMode.RUN and cfg.trainer.resume is None:
+        rundir.refuse_other_run(run_dir)
     state = None
     if cfg.trainer.resume is not None:
         # On resume Hydra writes no .hydra/ (config.yaml: output_subdir); once the command is
-        # accepted, record the config that runs, composed from the run's own overrides.
+        # accepted (every check made), record the config that runs, composed from the run's
+        # own overrides. A refused resume leaves .hydra/ as it was.
         try:
             cfg, state, overrides = prepare_resume(Path(cfg.trainer.resume), overrides)
         except AlreadyFinished as done:
@@ -77,9 +91,10 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
             cfg, run_dir, resume_state=state, overrides=overrides, interrupt=interrupt
         )
     log.info("gdlab: %s", summary_line(result))
-    log.info("gdlab: run directory %s", run_dir)
+    log.info("gdlab: run directory %s", display_path(run_dir))
     if result.status == "interrupted":
-        log.info("gdlab: continue with: gdlab trainer.resume=%s", run_dir)
+        # quoted for the shell and for Hydra: a sweep job's directory holds '=' and ','
+        log.info("gdlab: continue with: %s", resume_command(run_dir))
         sys.exit(interrupt.exit_code)  # 130 after Ctrl-C, 143 after SIGTERM
     return objective_value(result)
 
@@ -96,7 +111,8 @@ def explain_for_resume(message: str) -> str:
 def forget_last_sweep() -> None:
     """Clear the summary the sweep callback keeps of the last multirun (a module global in the
     module that defines `last_sweep_failed`), so each call of `main` starts without one."""
-    sys.modules[last_sweep_failed.__module__]._last_summary = None
+    module = sys.modules[last_sweep_failed.__module__]
+    module._last_summary, module._summary_lost = None, False
 
 
 def main(argv: Sequence[str] | None = None, *, raise_errors: bool = False) -> int:
@@ -106,15 +122,68 @@ def main(argv: Sequence[str] | None = None, *, raise_errors: bool = False) -> in
     reads). 0: done; 1: a multirun with a failed job; 2: a user mistake, printed in one line;
     130/143: interrupted by SIGINT/SIGTERM (the run saved a checkpoint to resume from).
     `raise_errors`: raise a user mistake as a GdlabError with that line instead (`gdlab.api`).
+
+    Whatever happens, the run directory's lock is released when the command ends, and a
+    directory the command created but left holding nothing (a refused input) is removed.
     """
     forget_last_sweep()
+    rundir.forget_dirs()
     try:
+        try:
+            check_command_line(sys.argv[1:] if argv is None else list(argv))
+        except GdlabError as err:
+            if raise_errors:
+                raise
+            print(f"gdlab: error: {err}", file=sys.stderr)
+            return USAGE_ERROR
         code = run_app(app, "gdlab", explain_for_resume, argv, raise_errors=raise_errors)
         if code == 0 and last_sweep_failed():  # set by the sweep summary callback
             code = SWEEP_FAILED
     finally:
+        rundir.release_all()
+        rundir.remove_leftovers()
         forget_last_sweep()
     return code
+
+
+def check_command_line(args: Sequence[str]) -> None:
+    """Refuse, before Hydra creates any directory, what the command line alone shows is
+    wrong: a multirun of resumes, a resume into another directory. Note the run's (or the
+    sweep's) directory as it is now, so that a refused command puts it back as it was."""
+    multirun = any(arg in ("-m", "--multirun") for arg in args)
+    values: dict[str, Any] = {}
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "=" in arg and not arg.startswith("-") and key in PREFLIGHT_KEYS:
+            values[key] = override_value(arg)
+    multirun = multirun or str(values.get("hydra.mode", "")).upper() == "MULTIRUN"
+    resume = values.get("trainer.resume")
+    new_dir = values.get("hydra.sweep.dir" if multirun else "hydra.run.dir")
+    if multirun and resume is not None:
+        raise GdlabError(MULTIRUN_RESUME)
+    elsewhere = isinstance(resume, str) and isinstance(new_dir, str)
+    if elsewhere and os.path.realpath(new_dir) != os.path.realpath(resume):
+        raise GdlabError(
+            f"trainer.resume={resume} continues that run in its own directory; "
+            f"leave out hydra.run.dir={new_dir}"
+        )
+    if isinstance(new_dir, str) and "${" not in new_dir:
+        rundir.note_dir(new_dir)
+
+
+#: the overrides `check_command_line` reads
+PREFLIGHT_KEYS = ("trainer.resume", "hydra.run.dir", "hydra.sweep.dir", "hydra.mode")
+
+
+def override_value(arg: str) -> Any:
+    """The value of one `key=value` override as Hydra parses it; None if it doesn't parse
+    (Hydra then says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(arg).value()
+    except Exception:
+        return None
 
 
 def console_main() -> None:

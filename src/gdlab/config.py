@@ -19,6 +19,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gdlab import rundir
 from gdlab.errors import GdlabError
 from gdlab.settings import UPDATE_RULES, ZeroGrad, settings_of
 
@@ -142,13 +143,56 @@ OUTPUT_SUBDIR = ".hydra"
 def run_dir_for(resume: str | None, new_dir: str) -> str:
     """hydra.run.dir: a new directory, or with `trainer.resume=DIR` the run being resumed.
 
-    Checked here, before Hydra creates the directory, so a mistyped path creates nothing.
+    Checked here, before Hydra creates the directory, so a mistyped path creates nothing; a
+    new directory is noted, so that a refused command removes it again (`gdlab.rundir`).
     """
     if resume is None:
+        rundir.note_dir(new_dir)
         return new_dir
     if not (Path(resume) / "checkpoint.pt").is_file():
         raise GdlabError(f"trainer.resume={resume}: no run directory with a checkpoint.pt there")
     return str(resume)
+
+
+def sweep_dir_for(resume: str | None, new_dir: str) -> str:
+    """hydra.sweep.dir: a multirun trains new runs; a run is resumed on its own, in place."""
+    if resume is not None:
+        raise GdlabError(MULTIRUN_RESUME)
+    rundir.note_dir(new_dir)
+    return new_dir
+
+
+#: why a multirun does not resume runs
+MULTIRUN_RESUME = (
+    "trainer.resume continues one run in its own directory and does not go with a multirun "
+    "(-m, hparams_search): resume each run with its own command, gdlab trainer.resume=DIR"
+)
+
+
+def output_subdir_for(resume: str | None, *, _root_: Any = None) -> str | None:
+    """hydra.output_subdir, and the moment a run takes its directory.
+
+    Hydra resolves this after it has created the run directory and before it writes
+    `.hydra/` there, so this is where a plain run locks its directory (`gdlab.rundir.lock`)
+    and where a new run refuses a directory that holds another run, before overwriting
+    anything. On resume Hydra writes no `.hydra/`: the command records the run's own
+    config once it has accepted it (`cli.run_job`).
+    """
+    output_dir = None if _root_ is None else OmegaConf.select(_root_, "hydra.runtime.output_dir")
+    mode = None if _root_ is None else OmegaConf.select(_root_, "hydra.mode")
+    if output_dir is not None and getattr(mode, "name", str(mode)) == "RUN":
+        if resume is not None and os.path.realpath(output_dir) != os.path.realpath(resume):
+            raise GdlabError(
+                f"trainer.resume={resume} continues that run in its own directory; "
+                f"leave out hydra.run.dir={output_dir}"
+            )
+        if rundir.lock(output_dir) and resume is None:
+            try:
+                rundir.refuse_other_run(output_dir)
+            except GdlabError:
+                rundir.release(output_dir)
+                raise
+    return OUTPUT_SUBDIR if resume is None else None
 
 
 def register_configs() -> None:
@@ -162,16 +206,19 @@ def register_configs() -> None:
     # objective=NAME for every entry point in gdlab.objectives, plugins included (no YAML needed)
     register_objective_configs(config_dir())
     register_help_resolver(config_dir())
+    from gdlab.help import register_help_resolvers
+
+    register_help_resolvers()
     if not OmegaConf.has_resolver("gdlab.pid"):
         # Part of the run directory's name, so two runs started in the same second never share one.
         OmegaConf.register_new_resolver("gdlab.pid", lambda: str(os.getpid()), use_cache=True)
     if not OmegaConf.has_resolver("gdlab.run_dir"):
         OmegaConf.register_new_resolver("gdlab.run_dir", run_dir_for)
+    if not OmegaConf.has_resolver("gdlab.sweep_dir"):
+        OmegaConf.register_new_resolver("gdlab.sweep_dir", sweep_dir_for)
     if not OmegaConf.has_resolver("gdlab.output_subdir"):
         # Hydra would write the resume command's own config over the run's: not on resume.
-        OmegaConf.register_new_resolver(
-            "gdlab.output_subdir", lambda resume: OUTPUT_SUBDIR if resume is None else None
-        )
+        OmegaConf.register_new_resolver("gdlab.output_subdir", output_subdir_for)
     if not OmegaConf.has_resolver("gdlab.job_dir"):
         from gdlab.sweeps.naming import job_dirname  # light: no torch, no matplotlib
 

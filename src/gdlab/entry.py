@@ -11,19 +11,31 @@
 - They leave with `os._exit` (`exit_quickly`) once their files are closed, their output flushed
   and the atexit handlers have run: tearing down torch's modules at interpreter exit costs about
   0.3 s on this machine, as much again as everything gdlab adds to `import torch`.
+- A place that takes no files is one line too (exit code 2): a full disk, `the disk is full:
+  cannot write <run directory> (...)`, at the start, in the middle (the event file, a
+  checkpoint, gdlab.log) or at the end (the plots), the last good checkpoint kept; a read-only
+  run directory or `hydra.run.dir=/proc/self`, `cannot write <directory>: <reason> (<file>)`.
+  The run's log file is written by `RunLogHandler` (whole lines; a failed write is reported
+  here, not as a "--- Logging error ---" traceback per line).
+- `console_streams()` (console scripts only): a closed stdout or stderr (`gdlab >&-`) is
+  /dev/null, and a reader that goes away (`gdlab | head -1`) is no error: what follows is
+  dropped, the command finishes its work and its files, and exits with its own code.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import NoReturn
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, NoReturn
 
+from gdlab.atomic import DISK_FULL, disk_full_message, os_error_in, run_directory_of
 from gdlab.errors import GdlabError
 from gdlab.usage import describe
 
@@ -75,6 +87,20 @@ def run_app(
         print(f"{prog}: error: {message}", file=sys.stderr)
         return USAGE_ERROR
 
+    def unwritten_log(code: int) -> int:
+        """A run whose log file could not be written (a full disk) did not end well."""
+        failure = _RUN_LOGS.failure()
+        if failure is None:
+            return code
+        message = unwritable_output(failure)
+        if message is None:
+            message = f"cannot write {failure.filename}: {failure.strerror}"
+        if raise_errors:
+            raise GdlabError(message) from None
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return code or USAGE_ERROR
+
+    _RUN_LOGS.reset()
     with fresh_hydra(prog, argv):
         try:
             app()
@@ -82,18 +108,203 @@ def run_app(
             return mistake(err.message)
         except SystemExit as stop:
             if stop.code is None or isinstance(stop.code, int):
-                return stop.code or 0
+                return unwritten_log(stop.code or 0)
             print(stop.code, file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print(f"\n{prog}: interrupted", file=sys.stderr)
             return INTERRUPTED
         except Exception as err:
-            message = None if show_tracebacks() else describe(err)
+            message = None
+            if not show_tracebacks():
+                message = None if _mistake_in(err) else unwritable_output(err)
+                message = message or describe(err)
             if message is None:
                 raise
             return mistake(message)
-    return 0
+    return unwritten_log(0)
+
+
+def _mistake_in(err: BaseException) -> bool:
+    """A GdlabError among the causes: its own line says more than the OSError under it."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, GdlabError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+# ----------------------------------------------------------------- places that take no files
+
+#: errors only a write gives: the file system is full, over quota, or read-only
+_WRITE_ONLY_ERRNOS = DISK_FULL | {errno.EROFS}
+
+
+def unwritable_output(err: BaseException) -> str | None:
+    """One line for a run or sweep directory that takes no files, or None when `err` is not
+    that. A full disk: `the disk is full: cannot write <run directory> (...)`, saying whether
+    the last checkpoint there is kept (gdlab's own writers raise `DiskFull`, a GdlabError with
+    that line; this is for Hydra's writes and the log file); a read-only or odd place
+    (`hydra.run.dir=/proc/self`): `cannot write <directory>: <reason> (<file>)`."""
+    found = os_error_in(err)
+    if found is None:
+        return None
+    name = os.fsdecode(found.filename) if found.filename is not None else None
+    run_dir = _output_dir(err, name)
+    if found.errno in DISK_FULL:
+        if run_dir is None:
+            return f"the disk is full: cannot write the run's files ({found.strerror})"
+        return disk_full_message(run_dir, found.strerror)
+    inside = name is not None and run_dir is not None and _inside(Path(name), run_dir)
+    if found.errno not in _WRITE_ONLY_ERRNOS and not inside:
+        return None  # an error of something else (a file read, a plugin): not ours to word
+    reason = found.strerror or type(found).__name__
+    if inside and name is not None and run_dir is not None and Path(name) != run_dir:
+        return f"cannot write {run_dir}: {reason} ({os.path.relpath(name, run_dir)})"
+    return f"cannot write {name or run_dir}: {reason}"
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = Path(os.path.abspath(path)), Path(os.path.abspath(directory))
+    return path == directory or directory in path.parents
+
+
+def _output_dir(err: BaseException, name: str | None) -> Path | None:
+    """The run directory the failed write was for: the one whose log file this run opened,
+    the one Hydra was setting up (its run_job frame), or the file's own directory."""
+    candidates = [*reversed(_RUN_LOGS.directories), *_hydra_output_dirs(err)]
+    if name is not None:
+        for directory in candidates:
+            if _inside(Path(name), directory):
+                return directory
+        return run_directory_of(Path(name))
+    return candidates[0] if candidates else None
+
+
+def _hydra_output_dirs(err: BaseException) -> list[Path]:
+    """hydra.runtime.output_dir of the jobs Hydra's run_job was running when `err` rose
+    through it (Hydra writes .hydra/ before any gdlab code runs, and names no file when a
+    write fails)."""
+    found: list[Path] = []
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        tb = cause.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_name == "run_job" and "hydra" in frame.f_code.co_filename:
+                output_dir = _select(frame.f_locals.get("config"), "hydra.runtime.output_dir")
+                if output_dir:
+                    found.append(Path(str(output_dir)))
+            tb = tb.tb_next
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
+def _select(config: Any, key: str) -> Any:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        return OmegaConf.select(config, key) if isinstance(config, DictConfig) else None
+    except Exception:
+        return None
+
+
+class _RunLogs:
+    """The log files `RunLogHandler` opened during one `run_app` call, and the first error."""
+
+    def __init__(self) -> None:
+        self.files: list[str] = []
+        self.errors: list[OSError] = []
+
+    @property
+    def directories(self) -> list[Path]:
+        return [Path(f).parent for f in self.files]
+
+    def reset(self) -> None:
+        self.files.clear()
+        self.errors.clear()
+
+    def failure(self) -> OSError | None:
+        return self.errors[0] if self.errors else None
+
+
+_RUN_LOGS = _RunLogs()
+
+
+class RunLogHandler(logging.FileHandler):
+    """The run's log file (gdlab.log): whole lines, and no traceback when a write fails.
+
+    Named by configs/hydra/job_logging/gdlab.yaml in place of logging.FileHandler. Each
+    record is one unbuffered write; where it fails (a full disk), the file is cut back to its
+    last whole line, the handler writes nothing more, and `run_app` ends the command with one
+    line and a non-zero exit code. (logging.FileHandler would print a "--- Logging error ---"
+    traceback for every record instead, and go on.) Errors of formatting stay what they are.
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        mode: str = "a",
+        encoding: str | None = "utf-8",
+        delay: bool = False,
+        errors: str | None = None,
+    ) -> None:
+        path = os.path.abspath(os.fspath(filename))
+        _RUN_LOGS.files.append(path)  # first: an open that fails is then known to be the run's
+        self.failed: OSError | None = None
+        self._size = 0
+        super().__init__(path, mode, encoding or "utf-8", delay, errors)
+
+    def _open(self) -> Any:
+        mode = "wb" if "w" in self.mode else "ab"
+        stream = open(self.baseFilename, mode, buffering=0)  # noqa: SIM115 - the handler's
+        self._size = os.fstat(stream.fileno()).st_size
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is not None:
+            return
+        try:
+            data = (self.format(record) + self.terminator).encode(
+                self.encoding or "utf-8", self.errors or "backslashreplace"
+            )
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+            view = memoryview(data)
+            while view:
+                written = self.stream.write(view)
+                if not written:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+            self._size += len(data)
+        except OSError as err:
+            self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        if err.filename is None:
+            err.filename = self.baseFilename
+        self.failed = err
+        _RUN_LOGS.errors.append(err)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with suppress(OSError):
+                os.ftruncate(stream.fileno(), self._size)  # no torn last line
+            with suppress(OSError):
+                stream.close()
+
+    def flush(self) -> None:
+        pass  # unbuffered: every record is written when it is emitted
 
 
 @contextmanager
@@ -167,6 +378,89 @@ def exit_quickly(code: int) -> NoReturn:
     if others:
         sys.exit(code)
     atexit._run_exitfuncs()  # logging.shutdown, launchers' clean-up, ...
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None where the command was started with it closed
+            with suppress(OSError, ValueError):  # a reader gone, a stream closed: nothing to do
+                stream.flush()
     os._exit(code)
+
+
+# ----------------------------------------------------------------- console streams
+
+
+class QuietStream:
+    """sys.stdout or sys.stderr of a console script, for a reader that may go away.
+
+    `gdlab | head -1`: once the pipe's reader has gone, a write raises BrokenPipeError. Here
+    the stream's file descriptor is pointed at /dev/null instead (what C code, child processes
+    and the interpreter's last flush write then goes nowhere too), and the write counts as
+    done: the command finishes its run and its files, and exits with its own code.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        #: True once the reader has gone
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if self.lost:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except OSError as err:
+            if err.errno != errno.EPIPE:
+                raise
+            self._lose()
+            return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as err:
+            if err.errno != errno.EPIPE:
+                raise
+            self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        try:
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+        except (OSError, ValueError):
+            return
+        os.dup2(null, fd)
+        os.close(null)
+        with suppress(OSError, ValueError):
+            self._stream.flush()  # what the failed write left buffered, into /dev/null
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def console_streams() -> None:
+    """Make a console script's standard streams safe to write (call it first thing).
+
+    A standard file descriptor that is closed (`gdlab >&-`) is opened on /dev/null, so that
+    no file the command opens later takes its number (and C code's or a child's output with
+    it), and sys.stdout/sys.stderr, None then, become real streams; both are wrapped in a
+    `QuietStream`. Idempotent; changes nothing in a Python session that only imports gdlab.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if isinstance(stream, QuietStream):
+            continue
+        if stream is None:
+            stream = open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+        setattr(sys, name, QuietStream(stream))

@@ -5,10 +5,16 @@ autograd's (`loss.backward()`), the objective's own `grad(params)` when it has o
 central finite differences, the last through `torch.autograd.gradcheck` (which perturbs one
 number at a time by `fd_eps` and compares with autograd under `fd_rtol`/`fd_atol`). The
 largest difference of each pair is kept for the table that `gdlab-check` prints.
+
+Gradients are compared only where they mean something: at a point where the loss itself is
+NaN or infinite nothing is compared (the row says so, `loss_finite`); where autograd's
+gradient is not finite, or the loss a finite-difference step away (`fd_eps`) is not, the row
+says that (`grad_finite`, `fd_finite`) rather than a difference of NaN.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,10 +47,17 @@ class Row:
     fd_diff: float  # max |autograd - central differences|
     fd_ok: bool  # torch.autograd.gradcheck's verdict
     analytic_note: str = ""  # why the analytic grad could not be compared, if it could not
+    grad_finite: bool = True  # autograd's gradient has no NaN or infinity
+    fd_finite: bool = True  # the loss is finite at the points finite differences evaluate
+
+    @property
+    def loss_finite(self) -> bool:
+        """False where the loss is NaN or infinite: then no gradient was compared."""
+        return math.isfinite(self.loss)
 
     @property
     def ok(self) -> bool:
-        return self.fd_ok and self.analytic_ok is not False
+        return self.loss_finite and self.fd_ok and self.analytic_ok is not False
 
 
 def random_points(start: Params, count: int, seed: int, scale: float) -> dict[str, Params]:
@@ -125,6 +138,11 @@ def max_abs(a: Tensor, b: Tensor) -> float:
 def check_point(objective: Objective, point: str, params: Params, tol: Tolerances) -> list[Row]:
     """Compare the three gradients for every parameter at one point."""
     loss, auto = autograd_grads(objective, params)
+    if not math.isfinite(loss):  # no gradient of a NaN or infinite loss means anything
+        return [
+            Row(point, name, value.detach().cpu(), loss, None, None, math.nan, False)
+            for name, value in params.items()
+        ]
     analytic = analytic_grads(objective, params)
     rows = []
     for name, value in params.items():
@@ -152,8 +170,10 @@ def check_point(objective: Objective, point: str, params: Params, tol: Tolerance
                 analytic_diff=a_diff,
                 analytic_ok=a_ok,
                 fd_diff=max_abs(fd, auto[name]),
+                fd_finite=bool(torch.isfinite(fd).all()),
                 fd_ok=passes_gradcheck(objective, params, name, tol),
                 analytic_note=note,
+                grad_finite=bool(torch.isfinite(auto[name]).all()),
             )
         )
     return rows

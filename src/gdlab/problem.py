@@ -4,13 +4,16 @@ A plain run (`gdlab.experiment`) and a population job (`gdlab.population.job`) t
 problem: an objective with its data on a device, a dtype, the settings of the loop and of the
 schedule. `build_problem` turns a config into that, with every check a run makes before its
 first step (unknown keys, the settings table's ranges, the device, the objective's fields and
-loss), so both engines refuse the same mistakes with the same one line.
+loss), so both engines refuse the same mistakes with the same one line. Before the objective
+is constructed (constructors may allocate), its seed fields are checked and the memory the run
+or population needs is estimated from the config values (`gdlab.memory`): a size that can't
+fit is one line, never an allocator traceback, a silent kill or a hang.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gdlab import memory
 from gdlab.batches import data_shape, uses_mini_batches
 from gdlab.config import reject_unknown_keys
 from gdlab.curvature import SharpnessSettings
 from gdlab.devices import resolve_device, resolve_dtype
+from gdlab.errors import GdlabError
 from gdlab.objectives import instantiate as objectives
 from gdlab.objectives.base import Objective, Params
 from gdlab.rules import curvature
 from gdlab.schedules import ScheduleSpec
-from gdlab.settings import check_values, plain_value, read_values
+from gdlab.settings import check_values, plain_value, read_values, seed_problem
 from gdlab.trainer import TrainerSettings, default_log_every
 
 
@@ -156,13 +161,17 @@ def sharpness_settings(values: dict[str, Any]) -> SharpnessSettings:
     )
 
 
-def build_problem(cfg: DictConfig) -> Problem:
-    """Check `cfg` and build its objective on its device; user mistakes are one line."""
+def build_problem(cfg: DictConfig, members: int | None = None) -> Problem:
+    """Check `cfg` and build its objective on its device; user mistakes are one line.
+
+    `members`: the size of the population job this problem is shared by (None: a plain run),
+    for the memory check that runs before the objective is constructed."""
     reject_unknown_keys(cfg)
     device, device_note = resolve_device(plain_value(cfg.device.type))
     dtype = resolve_dtype(plain_value(cfg.device.dtype))
     values = read_values(cfg)
     check_values(values)
+    preflight(cfg, device, dtype, values, members)
     objective = objectives.build_objective(cfg.objective)
     objectives.setup_objective(objective, device, dtype)  # setup() is optional
     fields = OmegaConf.to_container(cfg.objective, resolve=True)
@@ -180,6 +189,103 @@ def build_problem(cfg: DictConfig) -> Problem:
         fields={str(k): v for k, v in fields.items()},
         sharpness=sharpness_settings(values),
     )
+
+
+def preflight(
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    values: Mapping[str, Any] | None = None,
+    members: int | None = None,
+) -> None:
+    """What must be checked before the objective is constructed (constructors and `setup`
+    draw data and allocate): its seed fields, and the memory the run (members=None) or a
+    population job of `members` needs. `values`: the settings table's values when the config
+    has them (gdlab-check's has no optimizer: the estimate then takes sgd's)."""
+    fields = objective_fields(cfg)
+    check_objective_seeds(fields or {})
+    check_memory(cfg, device, dtype, values or {}, members, fields)
+
+
+def objective_fields(cfg: DictConfig) -> dict[str, Any] | None:
+    """The objective's config fields as its constructor gets them (without `_target_`); None
+    when they can't be read yet (a missing field: the constructor's check says so)."""
+    try:
+        node = OmegaConf.to_container(cfg["objective"], resolve=True, throw_on_missing=True)
+    except Exception:  # a missing or unresolvable value: left to build_objective's one line
+        return None
+    if not isinstance(node, dict):
+        return None
+    node.pop("_target_", None)
+    return {str(k): v for k, v in node.items()}
+
+
+def check_objective_seeds(fields: Mapping[str, Any]) -> None:
+    """Refuse an objective seed (`seed`, `data_seed`, any `*_seed` field, plugins' included)
+    that no torch.Generator takes, naming the key, before the objective draws with it."""
+    for key, value in fields.items():
+        seed = key == "seed" or key.endswith("_seed")
+        if seed and isinstance(value, int) and not isinstance(value, bool):
+            message = seed_problem(f"objective.{key}", value)
+            if message is not None:
+                raise GdlabError(message)
+
+
+def objective_class(cfg: DictConfig) -> Any:
+    """The class `objective._target_` names (a registered objective's, else located by its
+    path), without constructing it; None when it can't be found (build_objective says why)."""
+    target = OmegaConf.select(cfg, "objective._target_")
+    if target is None:
+        return None
+    entry = objectives.registry().for_target(str(target))
+    if entry is not None:
+        return entry.cls
+    try:
+        from hydra.utils import get_class
+
+        return get_class(str(target))
+    except Exception:
+        return None
+
+
+def check_memory(
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    values: Mapping[str, Any],
+    members: int | None = None,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """Refuse in one line a run (members=None) or a population job of `members` that needs
+    more memory than is available, estimated from the config alone (`gdlab.memory`)."""
+    fields = objective_fields(cfg) if fields is None else fields
+    cls = objective_class(cfg)
+    itemsize = memory.itemsize_of(dtype)
+    fp = memory.footprint(cls, fields, itemsize) if cls is not None and fields else None
+    need = memory.need(
+        fp or memory.Footprint(), itemsize, values, members or 1, population=members is not None
+    )
+
+    def what() -> str:  # worded only when refusing
+        entry = objectives.registry().for_class(cls) if isinstance(cls, type) else None
+        target = OmegaConf.select(cfg, "objective._target_")
+        name = objective_choice(cfg) or (entry.name if entry else str(target))
+        text = memory.describe(name, fp, fields or {}, str(dtype).removeprefix("torch."))
+        if members is None:
+            return text
+        return f"a population of {members:,} member{'' if members == 1 else 's'} of {text}"
+
+    advice = "choose smaller sizes"
+    if members is not None:
+        advice += ", or fewer members a job (hydra.sweeper.max_members=N)"
+    memory.check(what, need, device, advice)
+
+
+def check_population_memory(cfg: DictConfig, members: int) -> None:
+    """`check_memory` for a population job of `members`, before its members are listed."""
+    device, _ = resolve_device(plain_value(cfg.device.type))
+    dtype = resolve_dtype(plain_value(cfg.device.dtype))
+    check_memory(cfg, device, dtype, read_values(cfg), members)
 
 
 def objective_choice(cfg: DictConfig) -> str | None:

@@ -39,6 +39,21 @@ def _finite(v: float) -> bool:
     return math.isfinite(v)
 
 
+#: the seeds a torch.Generator takes (manual_seed): a 64-bit number, negative ones wrapping
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+SEED_RANGE = "an integer from -2**63 to 2**64-1 (a 64-bit generator seed)"
+
+
+def valid_seed(value: object) -> bool:
+    """Whether `value` can seed a torch.Generator (an int in [SEED_MIN, SEED_MAX])."""
+    return isinstance(value, int) and not isinstance(value, bool) and SEED_MIN <= value <= SEED_MAX
+
+
+def seed_problem(key: str, value: object) -> str | None:
+    """Why `value` can't be the seed `key` (one line naming it), or None."""
+    return None if valid_seed(value) else f"{key}={value!r} must be {SEED_RANGE}"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the table: a config key and everything gdlab knows about its values."""
@@ -138,18 +153,20 @@ SETTINGS: tuple[Setting, ...] = (
             doc="step: multiply by gamma every step_size steps"),
     Setting("optimizer.schedule.gamma", float, 0.1, "in (0, 1]", lambda v: 0.0 < v <= 1.0,
             doc="step and exponential decay factor"),
-    Setting("optimizer.schedule.min_lr", float, 0.0, ">= 0", lambda v: v >= 0.0,
+    Setting("optimizer.schedule.min_lr", float, 0.0, "a finite number >= 0",
+            lambda v: _finite(v) and v >= 0.0,
             doc="cosine: the lr reached at the last step"),
     # ---- the loop (trainer group)
     Setting("trainer.steps", int, 50, ">= 1", lambda v: v >= 1, hparam=True,
             doc="updates to apply"),
-    Setting("trainer.seed", int, 0, batchable=True,
+    Setting("trainer.seed", int, 0, SEED_RANGE, valid_seed, batchable=True,
             doc="draws the initial parameters and the mini-batch order"),
-    Setting("trainer.tol", float, 1e-6, ">= 0 (0 turns convergence off)", lambda v: v >= 0,
+    Setting("trainer.tol", float, 1e-6, "a finite number >= 0 (0 turns convergence off)",
+            lambda v: _finite(v) and v >= 0,
             doc="converged when the gradient norm falls below this"),
     Setting("trainer.log_every", int, None, ">= 1 (or null for automatic)", lambda v: v >= 1,
             nullable=True, doc="null: every step up to 1000 steps, ~1000 points beyond"),
-    Setting("trainer.divergence_bound", float, 1e8, "> 0", lambda v: v > 0,
+    Setting("trainer.divergence_bound", float, 1e8, "> 0 (inf: no bound)", lambda v: v > 0,
             doc="diverged when a parameter's norm exceeds this"),
     Setting("trainer.zero_grad", ZeroGrad, ZeroGrad.zero, doc="zero or set_to_none"),
     Setting("trainer.progress", bool, None, nullable=True,

@@ -17,6 +17,8 @@ nothing is read back, so a CUDA run never waits on the host.
 Every `checkpoint_every` steps, at the end, and when an interrupt is requested, the trainer
 hands its state (step, parameters, the update rule's buffers, mini-batch RNG) to a checkpoint
 callback; `load_state_dict` puts it back so the continued run is the uninterrupted one, bit for bit.
+The final checkpoint of a run that ended is written after the sinks' final files (metrics.json
+first): a run counts as ended only once its record is whole.
 """
 
 from __future__ import annotations
@@ -234,8 +236,12 @@ class Trainer:
 
         status, reason = stop if stop is not None else (Status.FINISHED, None)
         wall = self.elapsed_before + time.perf_counter() - start
+        final_state = None
         if self.checkpoint:
-            self._save(step, status, start)
+            final_state = self._checkpoint_state(step, status, start)
+            if status == Status.INTERRUPTED:  # resumable: keep it whatever happens next
+                self._write_checkpoint(final_state)
+                final_state = None
         distance = None
         if self.minimizer:
             batched = {k: v.detach().unsqueeze(0) for k, v in params.items()}  # K = 1
@@ -264,6 +270,10 @@ class Trainer:
         )
         for sink in self.sinks:
             sink.finish(result)
+        if final_state is not None:
+            # Only once metrics.json and the other files are whole does the checkpoint say the
+            # run ended; a failure before leaves the last periodic one to resume from.
+            self._write_checkpoint(final_state)
         return result
 
     def _measure_sharpness(self, step: int) -> None:
@@ -369,9 +379,15 @@ class Trainer:
         )
 
     def _save(self, step: int, status: Status, session_start: float) -> None:
-        assert self.checkpoint is not None
+        self._write_checkpoint(self._checkpoint_state(step, status, session_start))
+
+    def _checkpoint_state(self, step: int, status: Status, session_start: float) -> dict[str, Any]:
         state = self.state_dict(step, status)
         state["elapsed_s"] = self.elapsed_before + time.perf_counter() - session_start
+        return state
+
+    def _write_checkpoint(self, state: dict[str, Any]) -> None:
+        assert self.checkpoint is not None
         for sink in self.sinks:  # what was logged up to here survives a crash with the checkpoint
             flush = getattr(sink, "flush", None)
             if flush is not None:

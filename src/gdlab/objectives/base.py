@@ -9,7 +9,10 @@ An objective is a small class that Hydra builds from its config (`_target_` plus
   of rows, or None for the full batch, and set `n_samples` and `batch_size`;
 - optional `setup(device, dtype)`: build data on the run's device before anything else;
 - optional `grad(params)`: an analytic gradient, used to check autograd;
-- optional `minimizer` (named tensors) and `minimum` (a float): the known optimum.
+- optional `minimizer` (named tensors) and `minimum` (a float): the known optimum;
+- optional class method `memory_footprint(fields, itemsize)`: what the config fields imply in
+  memory (`gdlab.memory.Footprint`: data, temporaries, parameter count; or an int of bytes),
+  called BEFORE the class is built, so that a size that can't fit is refused in one line.
 
 The framework does the rest: devices, the training loop, logging and plots. Subclassing
 `Objective` is a convenience, not a requirement.
@@ -18,8 +21,8 @@ The framework does the rest: devices, the training loop, logging and plots. Subc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +44,14 @@ class Objective:
     #: the known optimum, filled by objectives that know it (after `setup`)
     minimizer: Params | None = None
     minimum: float | None = None
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Any:
+        """What a run of this objective holds in memory for these config fields (the
+        constructor's keyword arguments, before it runs), as a `gdlab.memory.Footprint` or a
+        number of bytes; None: unknown (small). Raise ValueError or TypeError to give up on a
+        field the constructor will refuse anyway."""
+        return None
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         """Build data or constants on the run's device; objectives without data need nothing."""

@@ -7,11 +7,13 @@ while the data set stays the same.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import (
     Objective,
     Params,
@@ -90,6 +92,22 @@ class LinearRegression(Objective):
         require(self.noise_std >= 0, f"objective.noise_std={noise_std!r} must be >= 0")
         self.data_seed = integer("objective.data_seed", data_seed)
         self.batch_size = mini_batch_size(batch_size, self.n_samples)
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """X (n x d) and y; a loss and its gradient make a few per-sample temporaries (and
+        the float64 chunks of the excess loss); the normal equations are (d + 1)^2 float64."""
+        args = with_defaults(cls, fields)
+        n, d = count(args["n_samples"]), count(args["n_features"])
+        batches = 8 * n if args.get("batch_size") is not None else 0  # the sampler's order
+        return Footprint(
+            data=n * (d + 1) * itemsize,
+            work=n * (4 * itemsize + 16) + batches + 3 * (d + 1) ** 2 * 8,
+            params=d + 1,
+            host=8 * d,
+            keys=("n_samples", "n_features"),
+            n_samples=n,
+        )
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         gen = torch.Generator(device=device).manual_seed(self.data_seed)

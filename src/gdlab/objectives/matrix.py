@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import Objective, Params, positive_int
 
 
@@ -17,6 +21,15 @@ class MatrixNorm(Objective):
     def __init__(self, rows: int = 3, cols: int = 4) -> None:
         self.rows = positive_int("objective.rows", rows)
         self.cols = positive_int("objective.cols", cols)
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """W (rows x cols) and x are the parameters; W x and its gradient are the temporaries."""
+        args = with_defaults(cls, fields)
+        rows, cols = count(args["rows"]), count(args["cols"])
+        return Footprint(
+            work=2 * rows * cols * itemsize, params=rows * cols + cols, keys=("rows", "cols")
+        )
 
     def init_params(
         self, generator: torch.Generator, device: torch.device, dtype: torch.dtype

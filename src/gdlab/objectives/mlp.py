@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from gdlab.errors import GdlabError
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import (
     Objective,
     Params,
@@ -102,6 +104,25 @@ class MLP(Objective):
         self.data_seed = integer("objective.data_seed", data_seed)
         self.batch_size = mini_batch_size(batch_size, self.n_samples)
         self._act = ACTIVATIONS[self.activation]
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """X (n x n_inputs), the one-hot targets and the labels; a forward and backward pass
+        keep every layer's activations and their gradients (n x width, a few times); setup
+        draws X in float64 first."""
+        args = with_defaults(cls, fields)
+        n, d, c = count(args["n_samples"]), count(args["n_inputs"]), count(args["n_classes"])
+        widths = [count(w) for w in args["widths"]]
+        sizes = [d, *widths, c]
+        params = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+        batches = 8 * n if args.get("batch_size") is not None else 0
+        return Footprint(
+            data=n * (d + c) * itemsize + 8 * n,
+            work=max(n * (d + c) * 8, 5 * n * (sum(widths) + c) * itemsize) + batches,
+            params=params,
+            keys=("n_samples", "n_inputs", "widths", "n_classes"),
+            n_samples=n,
+        )
 
     @property
     def layer_sizes(self) -> list[int]:

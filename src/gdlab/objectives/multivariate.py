@@ -6,11 +6,13 @@ The default preset is the tutorial's exercise f(x, y) = 2x^2 + xy + 3y^2 from (1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import Objective, Params, finite_float, float_vector, require
 
 
@@ -48,6 +50,14 @@ class QuadraticForm(Objective):
             v_star = -torch.linalg.solve(A64, b64)
             self._v_star = v_star
             self.minimum = float(self.e + 0.5 * b64 @ v_star)
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """A (n x n) as checked lists, as a tensor, and in float64 for its eigenvalues."""
+        n = count(with_defaults(cls, fields)["A"])
+        return Footprint(
+            data=n * n * itemsize, work=3 * n * n * 8, params=n, host=8 * n * n, keys=("A",)
+        )
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self._A = torch.tensor(self.A, device=device, dtype=dtype)

@@ -174,8 +174,55 @@ def register_objective_configs(
     return stored
 
 
+def preset_problems(gdlab_configs: str | Path, reg: Registry) -> dict[str, str]:
+    """YAML presets (not named like an entry point) that select an objective that cannot be
+    used, through their `_target_` or their defaults list: name -> one line saying why."""
+    import yaml
+
+    found: dict[str, str] = {}
+    presets = yaml_presets(search_folders(gdlab_configs, reg))
+    for name, path in sorted(presets.items()):
+        if name in reg.entries:
+            continue
+        try:
+            node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            found[name] = f"objective preset {name!r} ({path}): cannot be read: {reason}"
+            continue
+        if not isinstance(node, dict):
+            continue
+        used: list[ObjectiveEntry] = []
+        target = node.get("_target_")
+        if isinstance(target, str) and reg.for_target(target) is not None:
+            used.append(reg.for_target(target))  # type: ignore[arg-type]
+        for item in node.get("defaults") or []:
+            # `- good` (this group) or `- /objective: good`
+            if isinstance(item, dict) and len(item) == 1:
+                key, item = next(iter(item.items()))
+                item = item if str(key).strip("/") == "objective" else None
+            if isinstance(item, str) and item in reg.entries:
+                used.append(reg.entries[item])
+        broken = next((e for e in used if e.problem is not None), None)
+        if broken is not None:
+            found[name] = (
+                f"objective preset {name!r} ({path}) uses objective {broken.name!r}, which "
+                f"cannot be used: {broken.problem}"
+            )
+    return found
+
+
+def unusable_names(gdlab_configs: str | Path, reg: Registry | None = None) -> set[str]:
+    """Every `objective=NAME` that can't be used: broken entry points and the presets on them."""
+    reg = reg or registry()
+    broken = {name for name, entry in reg.entries.items() if entry.problem is not None}
+    return broken | set(preset_problems(gdlab_configs, reg))
+
+
 def objectives_help(gdlab_configs: str | Path, reg: Registry | None = None) -> str:
-    """The objectives section of `gdlab --help`: every name, its package, and any problems."""
+    """The objectives section of `gdlab --help`: every usable name, its package and summary,
+    the usable presets, then every objective that cannot be used with the reason (one line
+    each: broken entry points, the presets that select them, unusable config folders)."""
     reg = reg or registry()
     width = max([len(n) for n in reg.entries] + [12]) + 2
     lines = [
@@ -186,18 +233,24 @@ def objectives_help(gdlab_configs: str | Path, reg: Registry | None = None) -> s
     for entry in reg.usable():
         summary = f" {entry.summary}" if entry.summary else ""
         lines.append(f"  {entry.name:<{width}}[{entry.package}]{summary}")
-    presets = sorted(set(yaml_presets(search_folders(gdlab_configs, reg))) - set(reg.entries))
+    broken_presets = preset_problems(gdlab_configs, reg)
+    presets = sorted(
+        set(yaml_presets(search_folders(gdlab_configs, reg)))
+        - set(reg.entries)
+        - set(broken_presets)
+    )
     if presets:
         lines += ["", f"  presets (YAML): {', '.join(presets)}"]
-    if reg.problems:
+    problems = [*reg.problems, *broken_presets.values()]
+    if problems:
         lines += ["", "== Objectives that cannot be used =="]
-        lines += [f"  {problem}" for problem in reg.problems]
+        lines += [f"  {problem}" for problem in problems]
     # The help template is a string.Template: a literal "$" must be doubled.
     return "\n".join(lines).replace("$", "$$")
 
 
 def register_help_resolver(gdlab_configs: str | Path) -> None:
-    """`${gdlab.objectives_help:}`, used by the help footer in configs/config.yaml."""
+    """`${gdlab.objectives_help:}`, used by the help template in configs/config.yaml."""
     if not OmegaConf.has_resolver("gdlab.objectives_help"):
         OmegaConf.register_new_resolver(
             "gdlab.objectives_help", lambda: objectives_help(gdlab_configs)

@@ -9,11 +9,13 @@ and the gap to the minimum 0, which is the point of this objective.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import FixedStart, Params, finite_float, require
 from gdlab.objectives.starts import start_vector
 
@@ -30,6 +32,17 @@ class Rastrigin(FixedStart):
         self.n, self.x0 = start_vector(n, x0, (2.2, -1.7))
         self.A = finite_float("objective.A", A)
         require(self.A >= 0, f"objective.A={A!r} must be >= 0")
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """n numbers: the start as a Python list (x0), the parameters, the loss's
+        element-wise temporaries and their gradients."""
+        args = with_defaults(cls, fields)
+        n = count(args["x0"]) if args.get("x0") is not None else count(args.get("n") or 2)
+        key = "n" if args.get("n") is not None or args.get("x0") is None else "x0"
+        return Footprint(
+            data=n * itemsize, work=8 * n * itemsize, params=n, host=8 * n, keys=(key,)
+        )
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self.minimizer = {"x": torch.zeros(self.n, device=device, dtype=dtype)}

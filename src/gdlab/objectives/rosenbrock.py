@@ -7,11 +7,13 @@ it is known in closed form only in 2-D, at (a, a^2), or for a = 0, at the origin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from gdlab.memory import Footprint, count, with_defaults
 from gdlab.objectives.base import FixedStart, Params, finite_float, require
 from gdlab.objectives.starts import start_vector
 
@@ -39,6 +41,17 @@ class Rosenbrock(FixedStart):
         else:
             self._x_star = None
         self.minimum = 0.0 if self._x_star is not None else None
+
+    @classmethod
+    def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
+        """n numbers: the start as a Python list (x0 and the minimiser), the parameters, the loss's
+        element-wise temporaries and their gradients."""
+        args = with_defaults(cls, fields)
+        n = count(args["x0"]) if args.get("x0") is not None else count(args.get("n") or 2)
+        key = "n" if args.get("n") is not None or args.get("x0") is None else "x0"
+        return Footprint(
+            data=n * itemsize, work=14 * n * itemsize, params=n, host=16 * n, keys=(key,)
+        )
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         if self._x_star is not None:

@@ -596,9 +596,9 @@ def from_config(
     """
     from gdlab.problem import build_problem
 
-    problem = build_problem(cfg)
     columns = dict(columns or {})
     count = len(next(iter(columns.values()))) if columns else 1
+    problem = build_problem(cfg, members=count)
     rule = problem.values["optimizer.name"]
     members = Members.build(count, member_base(problem.values, rule), rule, **columns)
     return PopulationTrainer(

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gdlab.errors import GdlabError
+from gdlab.interrupts import GracefulInterrupt
 from gdlab.settings import BATCHABLE, MEMBER_KEYS
 from hydra_plugins.gdlab_population._plan import LABEL_KEY, JobPlan, member_overrides, read_plan
 
@@ -40,6 +43,28 @@ def population_task(cfg: DictConfig) -> float:
         return job_failed(run_dir, err)
 
 
+#: what an interrupted population job leaves (it has no checkpoint to resume from)
+NO_CHECKPOINT = (
+    "population jobs have no checkpoint: population.json records the running members as "
+    "interrupted, with their last losses, and the sweep stops; run the sweep again to train them"
+)
+
+
+class PopulationInterrupt(GracefulInterrupt):
+    """`GracefulInterrupt` in the words of a population job: the first signal finishes the
+    step and ends the job without a checkpoint (a plain run's words promise one)."""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:  # the second signal: exit at once, as a plain run does
+            super()._handle(signum, frame)
+            return
+        self.requested = signum
+        sys.stderr.write(
+            f"\ngdlab: {signal.Signals(signum).name} received: finishing this step; "
+            f"{NO_CHECKPOINT} (send it again to exit at once)\n"
+        )
+
+
 def job_config(cfg: DictConfig, plan: JobPlan, first: int) -> DictConfig:
     """The job's config without the label and with member `first`'s batchable values: the
     config of that member's plain run, from which the shared problem is built and checked."""
@@ -56,13 +81,13 @@ def job_config(cfg: DictConfig, plan: JobPlan, first: int) -> DictConfig:
 
 def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     """Train the plan's members; returns the best member's score (inf if none is ranked)."""
-    from gdlab.interrupts import GracefulInterrupt
     from gdlab.population.engine import PopulationTrainer
     from gdlab.population.members import Members, member_base
-    from gdlab.problem import build_problem
+    from gdlab.problem import build_problem, check_population_memory
     from gdlab.results import population_records, write_population
     from gdlab.settings import read_values
 
+    check_population_memory(cfg, plan.count)  # before a list of the members is made
     columns = plan.columns()
     values = read_values(cfg)
     rule = values["optimizer.name"]
@@ -80,10 +105,10 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
         return math.inf
 
     job_cfg = job_config(cfg, plan, valid[0])
-    problem = build_problem(job_cfg)
+    problem = build_problem(job_cfg, members=len(valid))
     trained = members.select(valid, checked=True)  # judged just above, against `values`
     options = plan.options
-    with GracefulInterrupt() as interrupt:
+    with PopulationInterrupt() as interrupt:
         trainer = PopulationTrainer(
             problem.objective,
             trained,
@@ -135,6 +160,7 @@ def run_population_job(cfg: DictConfig, plan: JobPlan, run_dir: Path) -> float:
     log.info("gdlab: %s", population_line(result, members, valid))
     log.info("gdlab: run directory %s", run_dir)
     if "interrupted" in result.status:
+        log.info("gdlab: %s", NO_CHECKPOINT)
         sys.exit(interrupt.exit_code)  # 130 after Ctrl-C, 143 after SIGTERM, as plain runs do
     return min(result.score, default=math.inf)  # the best member's score: what gdlab ranks by
 

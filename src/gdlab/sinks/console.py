@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from gdlab.events import LogRecord, RunInfo, RunResult
@@ -31,9 +34,11 @@ def summary_line(result: RunResult) -> str:
         f"{result.status} after {result.steps} steps{where}: loss {result.final_loss:.6g}, "
         f"grad_norm {result.grad_norm:.3g}"
     )
-    if result.excess_loss is not None:
+    # Only finite ones: metrics.json and the sweep's table have no number for the others (JSON
+    # has no infinity), so the line says what they say; the loss shows the divergence.
+    if _finite(result.excess_loss):
         text += f", excess loss {result.excess_loss:.3g}"
-    if result.distance_to_minimizer is not None:
+    if _finite(result.distance_to_minimizer):
         text += f", distance to minimiser {result.distance_to_minimizer:.3g}"
     text = f"{text}; {format_params(result.params)}"
     limit, lr = result.lr_limit, result.lr
@@ -42,6 +47,21 @@ def summary_line(result: RunResult) -> str:
     if result.sharpness:
         text += "; " + sharpness_words(result.sharpness["final"])
     return text
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
+    """A run or sweep directory as the docs show it: relative to the working directory when
+    it lies inside it (`outputs/2026-11-26/08-22-01-2871`), else absolute."""
+    path = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(os.getcwd() if cwd is None else cwd))
+    try:
+        return path.relative_to(base).as_posix() or "."
+    except ValueError:
+        return str(path)
 
 
 def sharpness_words(point: dict) -> str:

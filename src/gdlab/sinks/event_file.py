@@ -13,15 +13,19 @@ event carrying the file version.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import os
 import socket
 import struct
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from tensorboard.compat.proto.event_pb2 import Event
+
+from gdlab.atomic import DiskFull, is_disk_full
 
 try:
     from google_crc32c import value as _crc32c
@@ -107,7 +111,13 @@ def frame(data: bytes) -> bytes:
 
 
 class EventFile:
-    """Append events to `events.out.tfevents.*` in `log_dir`; flushed every `flush_secs`."""
+    """Append events to `events.out.tfevents.*` in `log_dir`; flushed every `flush_secs`.
+
+    Records are written whole or not at all: where a write fails, the file is cut back to its
+    last whole record, the error is raised (`gdlab.atomic.DiskFull` for a full disk, else an
+    OSError naming the file), and the writer takes nothing more (closing it then writes
+    nothing). A file that could not even take its first record is removed.
+    """
 
     def __init__(self, log_dir: Path, flush_secs: float = 10.0, max_pending: int = 1000) -> None:
         # TensorBoard reads a directory's event files in name order, and a resumed run's
@@ -119,19 +129,30 @@ class EventFile:
             f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_COUNTER)}"
         )
         self.path = Path(log_dir) / name
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the run
+        # unbuffered: each flush is one write of whole records, which can be undone
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open for the run
+        self._size = 0  # bytes of whole records in the file
         self._pending: list[bytes] = []
         self._flush_secs = flush_secs
         self._max_pending = max_pending
         self._last_flush = time.monotonic()
+        #: the error that stopped this writer (a full disk), or None
+        self.failed: OSError | None = None
         self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
-        self.flush()
+        try:
+            self.flush()
+        except (OSError, DiskFull):
+            with suppress(OSError):
+                self.path.unlink()  # not even the version record: no empty event file left
+            raise
 
     def add_event(self, event: Event) -> None:
         self.add_serialized(event.SerializeToString())
 
     def add_serialized(self, data: bytes) -> None:
         """Append one already serialized `Event`."""
+        if self.failed is not None:
+            return
         self._pending.append(frame(data))
         if (
             len(self._pending) >= self._max_pending
@@ -140,11 +161,33 @@ class EventFile:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self._file.write(b"".join(self._pending))
+        if self._pending and self.failed is None:
+            data = b"".join(self._pending)
             self._pending.clear()
-        self._file.flush()
+            try:
+                view = memoryview(data)
+                while view:
+                    written = self._file.write(view)
+                    if not written:  # a raw file may accept nothing without an error
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    view = view[written:]
+            except OSError as err:
+                self._fail(err)
+                if is_disk_full(err):
+                    raise DiskFull(self.path, err) from err
+                raise
+            self._size += len(data)
         self._last_flush = time.monotonic()
+
+    def _fail(self, err: OSError) -> None:
+        """Cut the file back to its whole records and stop writing."""
+        if err.filename is None:
+            err.filename = str(self.path)
+        self.failed = err
+        with suppress(OSError):
+            os.ftruncate(self._file.fileno(), self._size)
+        with suppress(OSError):
+            self._file.close()
 
     def close(self) -> None:
         if not self._file.closed:

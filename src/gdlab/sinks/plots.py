@@ -17,7 +17,9 @@ The sink only keeps the logged records and sharpness measurements while the run 
 already small CPU copies); matplotlib is imported and everything is drawn at the end, through
 `matplotlib.figure.Figure` and the Agg canvas (no pyplot, no GUI backend), with Python's
 garbage collector paused (`gdlab.plotting.paused_gc`: a full collection set off by the import
-would walk all of torch's objects). `logger.plots=false` turns the sink off.
+would walk all of torch's objects). `logger.plots=false` turns the sink off. A plot that cannot
+be drawn is skipped with a warning; a full disk is an error (the PNGs are written atomically,
+gdlab.atomic: whole, or not there).
 Titles carry the run's lr and momentum (from `RunInfo.hparams`).
 What every figure shares (size, PNG output, tick labels) is in `gdlab.plotting`, which the
 sweep's plots (`gdlab.sweeps.lr_plot`, `gdlab.sweeps.edge_plot`) use too.
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from gdlab.atomic import DiskFull, write_bytes_atomic
 from gdlab.events import LogRecord, RunInfo, RunResult
 from gdlab.plotting import (
     axes_box_ratio,
@@ -628,7 +631,9 @@ class PlotSink:
 
     `images` (the TensorBoard sink's `add_image`) also receives each PNG as `plots/<name>`
     (filed under `train_plots/` in TensorBoard).
-    A plot that cannot be drawn is skipped with a warning: plots never fail a run.
+    A plot that cannot be drawn or written is skipped with a warning, but a full disk is the
+    run's error (`gdlab.atomic.DiskFull`): its files are not complete. A PNG is written
+    atomically: whole, or not there.
     """
 
     def __init__(
@@ -673,6 +678,8 @@ class PlotSink:
                     figure = draw()
                     if figure is not None:
                         self._emit(filename, figure, result.steps)
+                except DiskFull:
+                    raise  # the run's files are not complete: not a plot's fault
                 except Exception as err:  # a plot is a view of the results, never a failure
                     log.warning("gdlab: skipped %s.png: %s: %s", filename, type(err).__name__, err)
 
@@ -682,7 +689,7 @@ class PlotSink:
     def _emit(self, name: str, figure: Figure, step: int) -> None:
         png = png_bytes(figure)
         path = self.run_dir / f"{name}.png"
-        path.write_bytes(png)
+        write_bytes_atomic(path, png)  # never a torn or empty PNG, whatever happens
         self.written.append(path)
         if self.images is not None:
             self.images(f"plots/{name}", png, step)

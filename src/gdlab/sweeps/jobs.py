@@ -102,16 +102,76 @@ def job_num(job_dir: Path) -> int | None:
         return None
 
 
-def check_sweep_dir(path: Path, single_run_hint: str) -> Path:
-    """`path` if it is a sweep directory (one with job directories under it); otherwise one
-    line saying what it is. `single_run_hint` says what to do with a single run's directory."""
+#: files a sweep directory holds beside its jobs: Hydra's record of the sweep (the basic and
+#: population sweepers write it when the sweep starts) and gdlab's summary (when it ends)
+SWEEP_MARKS = ("multirun.yaml", "summary.csv")
+#: files of a sweep directory someone may give instead of the directory itself
+SWEEP_FILES = ("multirun.yaml", "summary.csv", "summary.md", "lr.png")
+
+
+def sweep_of(job_dir: Path, top: Path) -> Path:
+    """The sweep directory a job directory belongs to: the nearest folder above it, up to
+    `top`, that holds a SWEEP_MARKS file; else the folder the job directory is in."""
+    job_dir, top = Path(job_dir), Path(top)
+    if job_dir == top or top not in job_dir.parents:
+        return top if job_dir == top else job_dir.parent
+    for folder in job_dir.parents:
+        if any((folder / mark).exists() for mark in SWEEP_MARKS):
+            return folder
+        if folder == top:
+            break
+    return job_dir.parent
+
+
+def sweeps_under(path: Path) -> list[Path]:
+    """The sweep directories at or under `path`, each once, sorted: `[path]` for a sweep
+    directory, several for a folder of sweeps such as outputs/multirun/<date>."""
+    path = Path(path)
+    if (path / "multirun.yaml").exists():
+        return [path]  # Hydra's own sweep, even one whose job directories lie deeper
+    return sorted({sweep_of(job, path) for job in find_job_dirs(path)})
+
+
+def sweep_dirs(path: Path, single_run_hint: str) -> list[Path]:
+    """The sweeps `path` holds: `[path]` for a sweep directory, each sweep of a folder of
+    sweeps (outputs/multirun/<date>); otherwise one line saying what `path` is.
+    `single_run_hint` says what to do with a single run's directory."""
     from gdlab.errors import GdlabError
 
     path = Path(path)
+    wanted = "give a sweep directory, such as outputs/multirun/<date>/<time>-<pid>"
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        if path.name in SWEEP_FILES and path.parent.is_dir():
+            wanted = f"give the sweep directory it is in, {path.parent}"
+        raise GdlabError(f"{path} is a file, not a sweep directory; {wanted}")
     if not path.is_dir():
-        raise GdlabError(f"{path}: no such directory (give a sweep directory)")
+        raise GdlabError(f"{path}: no such directory ({wanted})")
     if (path / "metrics.json").exists() and (path / ".hydra").is_dir():
+        if any((path.parent / mark).exists() for mark in SWEEP_MARKS):
+            single_run_hint = f"its sweep is {path.parent}"
         raise GdlabError(f"{path} is a single run's directory; {single_run_hint}")
-    if not find_job_dirs(path):
+    sweeps = sweeps_under(path)
+    if not sweeps or not find_job_dirs(sweeps[0]):
         raise GdlabError(f"{path}: no job directories (none with a .hydra/overrides.yaml) under it")
-    return path
+    return sweeps
+
+
+def name_sweeps(sweeps: Sequence[Path], shown: int = 5) -> str:
+    """`a, b, c and 4 more`: the first `shown` sweep directories."""
+    names = ", ".join(str(s) for s in sweeps[:shown])
+    return names + (f" and {len(sweeps) - shown} more" if len(sweeps) > shown else "")
+
+
+def check_sweep_dir(path: Path, single_run_hint: str) -> Path:
+    """The one sweep `path` holds (`path` itself, or the only sweep in a folder of sweeps);
+    otherwise one line saying what it is, and for a folder of several sweeps which they are
+    (never one table of several sweeps). `single_run_hint` says what to do with a single
+    run's directory."""
+    from gdlab.errors import GdlabError
+
+    sweeps = sweep_dirs(path, single_run_hint)
+    if len(sweeps) > 1:
+        raise GdlabError(
+            f"{path} holds {len(sweeps)} sweeps, not one: {name_sweeps(sweeps)}; give one of them"
+        )
+    return sweeps[0]

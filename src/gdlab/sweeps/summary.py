@@ -18,6 +18,7 @@ by status (the headline) and, beyond MD_ROWS rows, point to summary.csv for the 
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import gc
 import io
@@ -78,6 +79,11 @@ NUMBER_FIELDS = (
 INTEGER_FIELDS = ("num", "steps", "rank")
 #: JobRow's text fields, held as object arrays
 TEXT_FIELDS = ("job", "status", "error", "note", "problem", "dtype")
+#: summary.csv's (and gdlab.api's rows') name of the learning rate each row trained with
+#: (JobRow.lr): the config key, so the table has one lr column whether or not it was swept
+LR_COLUMN = "optimizer.lr"
+#: columns of summary.csv named otherwise than the JobRow field they hold
+COLUMN_FIELDS = {LR_COLUMN: "lr"}
 
 
 class SweepTable:
@@ -151,6 +157,7 @@ class SweepTable:
         None for NaN, ints for INTEGER_FIELDS."""
         import numpy as np
 
+        name = COLUMN_FIELDS.get(name, name)
         values = self.columns[name] if index is None else self.columns[name][index]
         if name not in NUMBER_FIELDS:
             return values.tolist()
@@ -442,6 +449,8 @@ def load_job(job_dir: Path, sweep_dir: Path) -> JobRow:
         )
     except (OSError, AttributeError, yaml.YAMLError):
         pass
+    if row.lr is None:  # no readable config: the lr its command line gave, if any
+        row.lr = _number(row.values.get(LR_COLUMN))
     metrics = read_metrics(job_dir)  # None: no metrics.json; unreadable: a failed record
     if metrics is not None:
         row.status = str(metrics.get("status") or "failed")
@@ -831,10 +840,14 @@ def _fmt(value: float | int | None, spec: str = ".6g") -> str:
     return repr(value) if spec == "r" else format(value, spec)  # "r": every digit, for CSV
 
 
+#: summary.csv's columns: these, with one column per override key after the first
+#: CSV_LEADING (optimizer.lr, the learning rate the job used, is always one of them: from its
+#: config where the command line did not set it, so summary.csv has one lr column)
 CSV_COLUMNS = (
     "rank",
     "job",
     "overrides",
+    LR_COLUMN,
     "problem",
     "status",
     "steps",
@@ -843,10 +856,10 @@ CSV_COLUMNS = (
     "distance_to_minimizer",
     "score",
     "wall_time_s",
-    "lr",
     "lr_limit",
     "error",
 )
+CSV_LEADING = 4
 
 
 #: columns of sweeps that measured sharpness (sharpness.every > 0), after CSV_COLUMNS
@@ -865,6 +878,18 @@ def summary_csv(rows: SweepTable | Sequence[JobRow]) -> str:
     return b"".join(csv_chunks(as_table(rows))).decode("utf-8")
 
 
+def csv_override_keys(table: SweepTable) -> list[str]:
+    """The override keys that get a column of their own in summary.csv: every one but
+    optimizer.lr, which has its column (LR_COLUMN) whether it was swept or not."""
+    return [k for k in table.override_keys() if k != LR_COLUMN]
+
+
+#: wall times (seconds) in summary.csv, and in summary.md and on the console: significant
+#: digits, so a population member's share of its job (often microseconds) is not 0.000
+WALL_TIME_FORMAT = ".4g"
+WALL_TIME_TABLE_FORMAT = ".3g"
+
+
 #: rows of summary.csv formatted at once (bounds memory, and keeps each chunk under 2 GiB)
 CSV_CHUNK_ROWS = 250_000
 
@@ -873,12 +898,12 @@ def csv_chunks(table: SweepTable) -> Iterator[bytes]:
     """summary.csv as UTF-8 chunks: the header, then CSV_CHUNK_ROWS rows at a time, each
     column formatted at once (pyarrow): a million rows take about a second. The cells are the
     csv module's: numbers with every digit (`repr`), text quoted where it must be."""
-    keys = table.override_keys()
+    keys = csv_override_keys(table)
     sharp = table.has_sharpness()
     header = io.StringIO()
     extra = list(SHARPNESS_COLUMNS) if sharp else []
     csv.writer(header, lineterminator="\n").writerow(
-        [*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:], *extra]
+        [*CSV_COLUMNS[:CSV_LEADING], *keys, *CSV_COLUMNS[CSV_LEADING:], *extra]
     )
     yield header.getvalue().encode("utf-8")
     if not len(table):
@@ -895,13 +920,13 @@ def csv_chunks(table: SweepTable) -> Iterator[bytes]:
             _integer_strings(columns["rank"][part]),
             _text_strings(columns["job"][part]),
             _text_strings(pc.binary_join(table.overrides[part], " ")),
+            _number_strings(columns["lr"][part]),
             *(_text_strings(table.values[k][part]) for k in keys),
             _text_strings(columns["problem"][part]),
             _text_strings(columns["status"][part]),
             _integer_strings(columns["steps"][part]),
             *(_number_strings(columns[k][part]) for k in numbers),
-            _number_strings(columns["wall_time_s"][part], ".4f"),
-            _number_strings(columns["lr"][part]),
+            _number_strings(columns["wall_time_s"][part], WALL_TIME_FORMAT),
             _number_strings(columns["lr_limit"][part]),
             _text_strings(errors[part]),
         ]
@@ -1026,24 +1051,43 @@ def markdown_table(
     header += ["excess loss"] if show_excess else []
     show_sharpness = table.has_sharpness()
     header += ["λ_max", "lr limit"] if show_sharpness else []
-    header += ["distance to min", "wall time (s)"]
+    header += ["distance to min", wall_time_header(table)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     count = len(table) if limit is None else min(limit, len(table))
     for row in table.rows(np.arange(count)) if count else []:
         status = row.status + (" *" if row.note else "")
         cells = [row.problem] if show_problem else []
-        cells += [str(row.rank or "-"), *(tidy_numbers(row.values.get(k, "")) for k in keys)]
+        values = row.values
+        if LR_COLUMN in keys and LR_COLUMN not in values and row.lr is not None:
+            values = {**values, LR_COLUMN: _fmt(row.lr, "g")}  # the lr used, where not swept
+        cells += [str(row.rank or "-"), *(tidy_numbers(values.get(k, "")) for k in keys)]
         cells.append(status)
         cells += [_fmt(row.steps, "d"), _fmt(row.final_loss)]
         cells += [_fmt(row.excess_loss, ".3g")] if show_excess else []
         if show_sharpness:
             cells += [_fmt(row.sharpness_lambda_max, ".4g"), _fmt(row.sharpness_lr_limit, ".4g")]
-        cells += [_fmt(row.distance_to_minimizer, ".3g"), _fmt(row.wall_time_s, ".3f")]
+        cells.append(_fmt(row.distance_to_minimizer, ".3g"))
+        cells.append(_fmt(row.wall_time_s, WALL_TIME_TABLE_FORMAT))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if limit is not None and len(table) > limit:
-        more = f"| … {len(table) - limit} more in {more_in} |"
+        where = f" in {more_in}" if more_in else ""
+        more = f"| … {len(table) - limit} more{where} |"
         lines.append(more + " |" * (len(header) - 1))
     return "\n".join(lines)
+
+
+def has_members(table: SweepTable) -> bool:
+    """Whether some rows are members of a population job (job `NAME#i`)."""
+    return any("#" in str(job) for job in table.columns["job"].tolist())
+
+
+def wall_time_header(table: SweepTable) -> str:
+    """The wall-time column's header. A plain job's is its training loop's, in seconds; a
+    population member's is its share of its job's: the job's training time divided by its
+    members ("per member"; a plain job is a member of one)."""
+    if has_members(table):
+        return "wall time (s, per member)"
+    return "wall time (s)"
 
 
 def counts(rows: SweepTable | Sequence[JobRow]) -> dict[str, int]:
@@ -1176,6 +1220,26 @@ class SweepSummary:
     #: stability_map.png, where the sweep is a grid over two keys (gdlab.sweeps.stability_map)
     stability_path: Path | None = None
     table: SweepTable | None = None
+    #: (file, reason) of each file that could not be written (a read-only directory, a
+    #: summary.csv that is a folder, a full disk): the table is still printed
+    unwritten: list[tuple[str, str]] = field(default_factory=list)
+
+    def written(self) -> list[Path]:
+        """The files written, in the order the summary lists them."""
+        paths = [self.csv_path, self.md_path, self.plot_path, *self.race_paths]
+        paths += [self.edge_path, self.stability_path]
+        missing = {name for name, _ in self.unwritten}
+        return [p for p in paths if p is not None and p.name not in missing]
+
+    def unwritten_line(self) -> str | None:
+        """One line naming what could not be written in the sweep directory, and why."""
+        if not self.unwritten:
+            return None
+        reasons: dict[str, list[str]] = {}
+        for name, reason in self.unwritten:
+            reasons.setdefault(reason, []).append(name)
+        why = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items())
+        return f"could not write in {self.sweep_dir}: {why}"
 
     @property
     def failed(self) -> Sequence[JobRow]:
@@ -1194,12 +1258,22 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
     sweep_dir = Path(sweep_dir)
     table = collect_table(sweep_dir)
     csv_path, md_path = sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_MD
-    _write_chunks_atomic(csv_path, csv_chunks(table))
-    _write_text_atomic(md_path, summary_markdown(sweep_dir, table))
     rows = Rows(table)
     summary = SweepSummary(sweep_dir, rows, csv_path, md_path, table=table)
+    # A file that cannot be written is named in `unwritten`, never a traceback: the table
+    # is read from the jobs and is printed all the same.
+    writable = _attempt(
+        summary, csv_path, lambda: _write_chunks_atomic(csv_path, csv_chunks(table))
+    )
+    md = summary_markdown(sweep_dir, table)
+    writable = _attempt(summary, md_path, lambda: _write_text_atomic(md_path, md)) and writable
+    if plot and not writable:  # the directory takes no files: pictures would fail as well
+        summary.unwritten.append(("plots", "not drawn"))
+        plot = False
     if plot and table.lr_varies():  # matplotlib is imported only here, to draw it
-        summary.plot_path = draw_lr_plot(rows, sweep_dir / LR_PLOT)
+        lr_path = sweep_dir / LR_PLOT
+        if _attempt(summary, lr_path, lambda: draw_lr_plot(rows, lr_path)):
+            summary.plot_path = lr_path
     if plot:  # a race only where the ranked runs share one problem of one or two numbers
         from gdlab.sweeps.race import draw_race  # torch and matplotlib only to draw
 
@@ -1211,6 +1285,29 @@ def write_summary(sweep_dir: Path, plot: bool = True) -> SweepSummary:
     if plot and len(table) >= 16 and len(table.problems()) == 1:
         summary.stability_path = draw_stability_map_of(sweep_dir, table)
     return summary
+
+
+#: errors after which a directory takes no more files (the others, such as a summary.csv that
+#: is a folder, concern one file)
+_DIRECTORY_ERRORS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT}
+)
+
+
+def _attempt(summary: SweepSummary, path: Path, write: Any) -> bool:
+    """Call `write()`; where it fails, name `path` and the reason in `summary.unwritten`.
+    False when the directory itself takes no more files (read-only, full, gone)."""
+    from gdlab.errors import GdlabError
+
+    try:
+        write()
+    except OSError as err:
+        summary.unwritten.append((path.name, err.strerror or type(err).__name__))
+        return err.errno not in _DIRECTORY_ERRORS
+    except GdlabError as err:  # a write gdlab explains itself (a full disk, say)
+        summary.unwritten.append((path.name, str(err)))
+        return False
+    return True
 
 
 def draw_stability_map_of(sweep_dir: Path, table: SweepTable) -> Path | None:
@@ -1231,15 +1328,23 @@ def draw_stability_map_of(sweep_dir: Path, table: SweepTable) -> Path | None:
     )
 
 
-def print_summary(summary: SweepSummary, top: int = 10, stream: Any = None) -> None:
-    """The top of the table and where the rest is, on the console."""
+def print_summary(
+    summary: SweepSummary, top: int = 10, stream: Any = None, prog: str = "gdlab"
+) -> None:
+    """The top of the table and where the rest is, on the console; what could not be
+    written, in one line on stderr."""
     stream = stream or sys.stdout
     table = summary.table if summary.table is not None else as_table(summary.rows)
     print(f"gdlab: sweep {summary.sweep_dir}: {headline(table)}", file=stream)
     if len(table) and top > 0:
         more_in = SUMMARY_MD if len(table) <= MD_ROWS else SUMMARY_CSV
+        if more_in in {name for name, _ in summary.unwritten}:
+            more_in = ""  # not written: point nowhere
         print(markdown_table(table, limit=top, more_in=more_in), file=stream)
-    written = [summary.csv_path, summary.md_path, summary.plot_path, *summary.race_paths]
-    written += [summary.edge_path, summary.stability_path]
-    print("gdlab: wrote " + ", ".join(str(p) for p in written if p is not None), file=stream)
+    written = summary.written()
+    if written:
+        print("gdlab: wrote " + ", ".join(str(p) for p in written), file=stream)
     stream.flush()
+    line = summary.unwritten_line()
+    if line is not None:
+        print(f"{prog}: {line}", file=sys.stderr, flush=True)

@@ -30,6 +30,19 @@ try:
 except ImportError:  # hydra-joblib-launcher is not installed: hydra/launcher=joblib is unknown
     HydraJoblibLauncher = None
 
+
+def check_n_jobs(n_jobs: Any) -> None:
+    """Refuse, in one line before any worker starts, an `n_jobs` joblib can't use."""
+    from gdlab.errors import GdlabError
+
+    if n_jobs is None or (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs):
+        return
+    raise GdlabError(
+        f"hydra.launcher.n_jobs={n_jobs!r} is not allowed: give the number of worker processes "
+        "(an integer >= 1), or a negative one to count back from the CPUs (-1: one per CPU)"
+    )
+
+
 if HydraJoblibLauncher is not None:
 
     @dataclass
@@ -46,6 +59,7 @@ if HydraJoblibLauncher is not None:
         """Hydra's JoblibLauncher with warm workers and the sweeper's own compositions."""
 
         def __init__(self, **kwargs: Any) -> None:
+            check_n_jobs(kwargs.get("n_jobs"))
             super().__init__(**kwargs)
             self.warm_up: Any = None
             self.compositions: Any = None

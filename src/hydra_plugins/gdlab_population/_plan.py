@@ -13,8 +13,10 @@ No torch here: the sweeper imports this module in the process that launches the 
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -25,7 +27,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gdlab import settings
+from gdlab import memory, settings
 from gdlab.errors import GdlabError
 from gdlab.settings import BATCHABLE, BY_KEY
 
@@ -182,6 +184,33 @@ def check_options(options: dict[str, Any]) -> None:
             raise GdlabError(f"hydra.sweeper.{key}={value!r} must be an integer >= 1 (or null)")
 
 
+def sweep_size(override: Override) -> int:
+    """How many values a discrete sweep enumerates, counted without enumerating a range;
+    an empty one or a range with step 0 is refused in one line naming it."""
+    if override.is_range_sweep():
+        value = override.value()
+        if value.step == 0:
+            raise GdlabError(
+                f"hydra/sweeper=population: {override.input_line}: a range needs a non-zero "
+                "step, range(start, stop, step)"
+            )
+        numbers = value.range()
+        if isinstance(numbers, range):
+            size = len(numbers)
+        else:  # Hydra steps a float range in exact decimals: as many values as fit
+            span = decimal.Decimal(value.stop) - decimal.Decimal(value.start)
+            size = max(0, math.ceil(span / decimal.Decimal(value.step)))
+    else:
+        size = sum(1 for _ in override.sweep_iterator())
+    if size == 0:
+        raise GdlabError(
+            f"hydra/sweeper=population: {override.input_line} is empty: range(start, stop, "
+            "step) counts from start up to stop, stop excluded, so it needs start < stop "
+            "(start > stop with a negative step)"
+        )
+    return size
+
+
 def plan_sweep(
     overrides: Sequence[Override], max_members: int | None, options: dict[str, Any] | None = None
 ) -> list[JobPlan]:
@@ -189,6 +218,12 @@ def plan_sweep(
     if max_members is not None and max_members < 1:
         raise GdlabError(f"hydra.sweeper.max_members={max_members} must be >= 1 (or null)")
     check_options(options or {})
+    settings_count = 1
+    for override in overrides:
+        if override.is_sweep_override() and override.is_discrete_sweep():
+            settings_count *= sweep_size(override)
+    # the sweep's records, before a million values are listed
+    memory.check_settings(settings_count, "hydra/sweeper=population")
     order: list[str] = []
     shared: dict[str, str] = {}  # non-swept overrides: every job, every member
     fanned: list[tuple[str, list[str]]] = []  # swept keys that are separate jobs
