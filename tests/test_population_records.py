@@ -260,20 +260,28 @@ def reference_csv(rows: list[JobRow]) -> str:
     """summary.csv as the csv module writes it, row by row (the writer before it went
     column by column)."""
     from gdlab.sweeps.jobs import override_keys
-    from gdlab.sweeps.summary import CSV_COLUMNS, SHARPNESS_COLUMNS, _fmt
+    from gdlab.sweeps.summary import (
+        CSV_COLUMNS,
+        CSV_LEADING,
+        LR_COLUMN,
+        SHARPNESS_COLUMNS,
+        WALL_TIME_FORMAT,
+        _fmt,
+    )
 
-    keys = override_keys(rows)
+    keys = [k for k in override_keys(rows) if k != LR_COLUMN]  # the lr has its own column
     sharp = any(r.sharpness_lambda_max is not None for r in rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS[:3], *keys, *CSV_COLUMNS[3:], *(SHARPNESS_COLUMNS * sharp)])
+    header = [*CSV_COLUMNS[:CSV_LEADING], *keys, *CSV_COLUMNS[CSV_LEADING:]]
+    writer.writerow([*header, *(SHARPNESS_COLUMNS * sharp)])
     for row in rows:
         numbers = [row.final_loss, row.excess_loss, row.distance_to_minimizer, row.score]
         writer.writerow(
-            [row.rank or "", row.job, " ".join(row.overrides),
+            [row.rank or "", row.job, " ".join(row.overrides), _fmt(row.lr, "r"),
              *(row.values.get(k, "") for k in keys), row.problem, row.status,
              "" if row.steps is None else row.steps, *(_fmt(v, "r") for v in numbers),
-             _fmt(row.wall_time_s, ".4f"), _fmt(row.lr, "r"), _fmt(row.lr_limit, "r"),
+             _fmt(row.wall_time_s, WALL_TIME_FORMAT), _fmt(row.lr_limit, "r"),
              "; ".join(x for x in (row.error, row.note) if x),
              *([_fmt(row.sharpness_lambda_max, "r"), _fmt(row.sharpness_lr_limit, "r")] * sharp)]
         )  # fmt: skip

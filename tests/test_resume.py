@@ -10,6 +10,7 @@ import torch
 from hydra import initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gdlab.atomic import DiskFull
 from gdlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from gdlab.config import config_dir
 from gdlab.errors import GdlabError
@@ -195,7 +196,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFull, match="the disk is full"):  # one line, the old file kept
         save_checkpoint(tmp_path, {"step": 2, "status": "running"})
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]

@@ -298,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     """Console-script entry point (`gdlab-check`, `python -m gdlab.check`)."""
+    from gdlab.entry import console_streams
+
+    console_streams()
     exit_quickly(main())
 
 

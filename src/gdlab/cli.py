@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gdlab import rundir
+from gdlab.atomic import write_bytes_atomic
 from gdlab.config import MULTIRUN_RESUME, OUTPUT_SUBDIR, config_dir
 from gdlab.entry import USAGE_ERROR, UserMistake, exit_quickly, run_app, show_tracebacks
 from gdlab.errors import GdlabError
@@ -84,8 +85,9 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
             return None
         saved = run_dir / OUTPUT_SUBDIR
         saved.mkdir(exist_ok=True)
-        OmegaConf.save(cfg, saved / "config.yaml")
-        OmegaConf.save(OmegaConf.create(overrides), saved / "overrides.yaml")
+        write_bytes_atomic(saved / "config.yaml", OmegaConf.to_yaml(cfg).encode("utf-8"))
+        overrides_yaml = OmegaConf.to_yaml(OmegaConf.create(overrides)).encode("utf-8")
+        write_bytes_atomic(saved / "overrides.yaml", overrides_yaml)
     with GracefulInterrupt() as interrupt:
         result = run_experiment(
             cfg, run_dir, resume_state=state, overrides=overrides, interrupt=interrupt

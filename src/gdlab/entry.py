@@ -17,9 +17,11 @@
   run directory or `hydra.run.dir=/proc/self`, `cannot write <directory>: <reason> (<file>)`.
   The run's log file is written by `RunLogHandler` (whole lines; a failed write is reported
   here, not as a "--- Logging error ---" traceback per line).
-- `console_streams()` (console scripts only): a closed stdout or stderr (`gdlab >&-`) is
-  /dev/null, and a reader that goes away (`gdlab | head -1`) is no error: what follows is
-  dropped, the command finishes its work and its files, and exits with its own code.
+- `console_streams()` (console scripts and joblib's workers, first thing): a closed stdout or
+  stderr (`gdlab >&-`) is /dev/null, and a reader that goes away (`gdlab | head -1`,
+  `gdlab --cfg job | true`) is no error: what follows is dropped, the command finishes its
+  work and its files, and exits with its own code (0 when it succeeded; not 141 as a process
+  killed by SIGPIPE: the work was done). This module is light (Hydra comes with run_app).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from typing import Any, NoReturn
 
 from gdlab.atomic import DISK_FULL, disk_full_message, os_error_in, run_directory_of
 from gdlab.errors import GdlabError
-from gdlab.usage import describe
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C outside the training loop (which saves and exits itself)
@@ -99,6 +100,8 @@ def run_app(
             raise GdlabError(message) from None
         print(f"{prog}: error: {message}", file=sys.stderr)
         return code or USAGE_ERROR
+
+    from gdlab.usage import describe  # Hydra's and OmegaConf's errors, worded
 
     _RUN_LOGS.reset()
     with fresh_hydra(prog, argv):

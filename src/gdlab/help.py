@@ -61,10 +61,10 @@ def _shown(group: str, option: str) -> bool:
 
 def _unusable_objectives() -> set[str]:
     """Objective names that an entry point claims but that cannot be used."""
-    from gdlab.config import config_dir
     from gdlab.objectives.nodes import unusable_names
+    from gdlab.plugin_configs import gdlab_config_dir
 
-    return unusable_names(config_dir())
+    return unusable_names(gdlab_config_dir())
 
 
 def _loader_options() -> Callable[[str], list[str]] | None:

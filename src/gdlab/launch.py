@@ -11,6 +11,8 @@ Ctrl-C while those imports run (a second or so) ends the command at once with ex
 and one line, not a KeyboardInterrupt traceback from the middle of torch: nothing has been
 written yet, so there is nothing to save. From the first line of the app on, Ctrl-C is what
 docs/reliability.md describes (a run saves a checkpoint and says how to resume).
+
+First of all, gdlab.entry.console_streams: `gdlab >&-` and `gdlab | head -1` are no error.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ def main() -> None:
     quiet_start = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if quiet_start:
         signal.signal(signal.SIGINT, _exit_interrupted)
+    from gdlab.entry import console_streams  # light: Hydra and torch come with gdlab.cli
+
+    console_streams()  # `gdlab >&-`, `gdlab | head -1`: no traceback, the files complete
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        from gdlab.entry import console_streams
-
-        console_streams()  # `gdlab >&-`, `gdlab | head -1`: no traceback, files complete
         from gdlab.cli import console_main
     finally:
         gc.freeze()  # the start-up objects: never collected, so never scanned again

@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     """Console-script entry point (`gdlab-report`, `python -m gdlab.report`)."""
-    from gdlab.entry import exit_quickly
+    from gdlab.entry import console_streams, exit_quickly
 
+    console_streams()
     exit_quickly(main())
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gdlab.atomic import write_bytes_atomic
 from gdlab.plotting import (
     loss_axis,
     new_stacked,
@@ -110,7 +111,7 @@ def draw_edge_of_stability(sweep_dir: Path, rows: Sequence[JobRow]) -> Path | No
         if not runs:
             return None
         path = sweep_dir / EDGE_PLOT
-        path.write_bytes(png_bytes(edge_figure(runs, left_out)))
+        write_bytes_atomic(path, png_bytes(edge_figure(runs, left_out)))
         return path
     except Exception as err:  # a picture is a view of the results, never a reason to fail
         log.warning("gdlab: skipped %s: %s: %s", EDGE_PLOT, type(err).__name__, err)

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gdlab.atomic import DiskFull
 from gdlab.results import write_failure
 from gdlab.sweeps.jobs import RANKED
 
@@ -49,7 +50,7 @@ def job_failed(run_dir: Path, error: BaseException) -> float:
         log.error("gdlab: job failed\n%s", "".join(traceback.format_exception(error)).rstrip())
     try:
         record_failure(run_dir, error)
-    except OSError as err:  # the run directory itself is the problem: the summary says missing
+    except (OSError, DiskFull) as err:  # the run directory itself: the summary says missing
         log.error("gdlab: cannot record the failure in %s: %s", run_dir, err)
     return math.inf
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gdlab.atomic import write_bytes_atomic
 from gdlab.plotting import MAX_PANELS, new_panels, plain_log_ticks, png_bytes, set_title, shorten
 from gdlab.sweeps.jobs import RANKED, JobRow, varying_keys
 
@@ -45,7 +46,7 @@ def lr_varies(rows: Sequence[JobRow]) -> bool:
 def draw_lr_plot(rows: Sequence[JobRow], path: Path) -> Path:
     """lr.png of a sweep (see `lr_figure`)."""
     path = Path(path)
-    path.write_bytes(png_bytes(lr_figure(rows)))
+    write_bytes_atomic(path, png_bytes(lr_figure(rows)))
     return path
 
 

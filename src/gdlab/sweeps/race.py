@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gdlab.atomic import write_bytes_atomic
 from gdlab.sweeps.jobs import FAILED, load_yaml, varying_keys
 from gdlab.sweeps.naming import tidy_numbers
 
@@ -714,7 +715,7 @@ def draw_race(sweep_dir: Path, rows: Sequence[JobRow]) -> list[Path]:
             return written
         pngs = {"paths": png_bytes(paths_figure(race)), "losses": png_bytes(losses_figure(race))}
         for name, filename in (("paths", PATHS_PNG), ("losses", LOSSES_PNG)):
-            (sweep_dir / filename).write_bytes(pngs[name])
+            write_bytes_atomic(sweep_dir / filename, pngs[name])
             written.append(sweep_dir / filename)
         written.insert(1, write_gif(race, sweep_dir / PATHS_GIF))
         written.append(write_images(sweep_dir, pngs))

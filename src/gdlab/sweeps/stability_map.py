@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gdlab.atomic import write_bytes_atomic
 from gdlab.plotting import png_bytes, set_title, shorten
 from gdlab.rules import RANKED, Status, stability_constant
 from gdlab.rules import lr_limit as sgd_lr_limit
@@ -665,7 +666,7 @@ def draw_stability_map_columns(
         if plan is None:
             return None
         path = Path(sweep_dir) / STABILITY_MAP
-        path.write_bytes(png_bytes(plan.figure()))
+        write_bytes_atomic(path, png_bytes(plan.figure()))
         return path
     except Exception as err:  # a picture is a view of the results, never a reason to fail
         log.warning("gdlab: skipped %s: %s: %s", STABILITY_MAP, type(err).__name__, err)
@@ -774,7 +775,7 @@ def draw_stability_map(sweep_dir: Path, rows: Sequence[JobRow]) -> Path | None:
         if plan is None:
             return None
         path = Path(sweep_dir) / STABILITY_MAP
-        path.write_bytes(png_bytes(plan.figure()))
+        write_bytes_atomic(path, png_bytes(plan.figure()))
         return path
     except Exception as err:  # a picture is a view of the results, never a reason to fail
         log.warning("gdlab: skipped %s: %s: %s", STABILITY_MAP, type(err).__name__, err)

@@ -37,6 +37,7 @@ from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 from joblib import Parallel, delayed, effective_n_jobs
 from omegaconf import DictConfig, open_dict
 
+from gdlab.entry import console_streams, unwritable_output
 from gdlab.errors import GdlabError
 from gdlab.interrupts import HANDLED, STOP_REQUEST, WORKER
 
@@ -70,8 +71,6 @@ def worker_init() -> None:
     whose reader went away is no error (gdlab.entry.console_streams)."""
     WORKER.listen()
     with suppress(Exception):
-        from gdlab.entry import console_streams
-
         console_streams()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
@@ -186,8 +185,6 @@ def execute_job(
     except SystemExit as stop:  # the run saved its checkpoint: 130 or 143
         return Stopped(stop.code if isinstance(stop.code, int) else 1, True)
     except OSError as err:  # Hydra's own writes (.hydra/): worded here, where the frames are
-        from gdlab.entry import unwritable_output
-
         message = unwritable_output(err)
         if message is None:
             raise
