@@ -46,7 +46,7 @@ SWEEPERS = {
 LAUNCHERS = {
     "basic": "one job after another, in this process (the default)",
     "joblib": "jobs in parallel processes here (hydra.launcher.n_jobs=N)",
-    "ray": "a local Ray or a cluster (hydra.launcher.init.address=HOST:PORT)",
+    "ray": "a local Ray or a cluster (hydra.launcher.ray.init.address=HOST:PORT)",
     "slurm": "a SLURM job array (hydra.launcher.partition=NAME)",
     "submitit_local": "jobs as local submitit processes",
 }

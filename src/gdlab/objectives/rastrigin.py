@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdlab.memory import Footprint, count, with_defaults
+from gdlab.memory import Footprint
 from gdlab.objectives.base import FixedStart, Params, finite_float, require
-from gdlab.objectives.starts import start_vector
+from gdlab.objectives.starts import start_vector, start_vector_footprint
 
 
 class Rastrigin(FixedStart):
@@ -37,12 +37,7 @@ class Rastrigin(FixedStart):
     def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
         """n numbers: the start as a Python list (x0), the parameters, the loss's
         element-wise temporaries and their gradients."""
-        args = with_defaults(cls, fields)
-        n = count(args["x0"]) if args.get("x0") is not None else count(args.get("n") or 2)
-        key = "n" if args.get("n") is not None or args.get("x0") is None else "x0"
-        return Footprint(
-            data=n * itemsize, work=8 * n * itemsize, params=n, host=8 * n, keys=(key,)
-        )
+        return start_vector_footprint(cls, fields, itemsize, work=8, host=8)
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         self.minimizer = {"x": torch.zeros(self.n, device=device, dtype=dtype)}

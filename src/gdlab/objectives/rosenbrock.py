@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gdlab.memory import Footprint, count, with_defaults
+from gdlab.memory import Footprint
 from gdlab.objectives.base import FixedStart, Params, finite_float, require
-from gdlab.objectives.starts import start_vector
+from gdlab.objectives.starts import start_vector, start_vector_footprint
 
 
 class Rosenbrock(FixedStart):
@@ -46,12 +46,7 @@ class Rosenbrock(FixedStart):
     def memory_footprint(cls, fields: Mapping[str, Any], itemsize: int) -> Footprint:
         """n numbers: the start as a Python list (x0 and the minimiser), the parameters, the loss's
         element-wise temporaries and their gradients."""
-        args = with_defaults(cls, fields)
-        n = count(args["x0"]) if args.get("x0") is not None else count(args.get("n") or 2)
-        key = "n" if args.get("n") is not None or args.get("x0") is None else "x0"
-        return Footprint(
-            data=n * itemsize, work=14 * n * itemsize, params=n, host=16 * n, keys=(key,)
-        )
+        return start_vector_footprint(cls, fields, itemsize, work=14, host=16)
 
     def setup(self, device: torch.device, dtype: torch.dtype) -> None:
         if self._x_star is not None:
