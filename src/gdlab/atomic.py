@@ -18,7 +18,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
 
-from gdlab.errors import GdlabError
+from gdlab.errors import GdlabError, causes
 
 #: the errors of a file system that takes no more data: no space left, or over the quota
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -74,14 +74,7 @@ def _disk_full(message: str, filename: str, number: int, strerror: str) -> DiskF
 def os_error_in(err: BaseException) -> OSError | None:
     """`err` itself or the first OSError among its causes and contexts (torch.save reports a
     full disk as a RuntimeError raised while handling the OSError), or None."""
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, OSError):
-            return cause
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
+    return next((cause for cause in causes(err) if isinstance(cause, OSError)), None)
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gdlab.atomic import DISK_FULL, disk_full_message, os_error_in, run_directory_of
-from gdlab.errors import GdlabError
+from gdlab.errors import GdlabError, causes
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C outside the training loop (which saves and exits itself)
@@ -130,14 +130,7 @@ def run_app(
 
 def _mistake_in(err: BaseException) -> bool:
     """A GdlabError among the causes: its own line says more than the OSError under it."""
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, GdlabError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(cause, GdlabError) for cause in causes(err))
 
 
 # ----------------------------------------------------------------- places that take no files
@@ -192,10 +185,7 @@ def _hydra_output_dirs(err: BaseException) -> list[Path]:
     through it (Hydra writes .hydra/ before any gdlab code runs, and names no file when a
     write fails)."""
     found: list[Path] = []
-    seen: set[int] = set()
-    cause: BaseException | None = err
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    for cause in causes(err):
         tb = cause.__traceback__
         while tb is not None:
             frame = tb.tb_frame
@@ -204,7 +194,6 @@ def _hydra_output_dirs(err: BaseException) -> list[Path]:
                 if output_dir:
                     found.append(Path(str(output_dir)))
             tb = tb.tb_next
-        cause = cause.__cause__ or cause.__context__
     return found
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from gdlab import config as schemas
-from gdlab.errors import GdlabError
+from gdlab.errors import GdlabError, causes
 
 
 def allowed_keys(parent: str) -> str | None:
@@ -63,11 +63,9 @@ def describe_omegaconf(err: OmegaConfBaseException, override: str | None) -> str
 
 def describe(err: BaseException) -> str | None:
     """The one-line message for a user mistake, or None when `err` is not one."""
-    cause: BaseException | None = err
-    while cause is not None:  # our own error, perhaps wrapped by Hydra or OmegaConf
+    for cause in causes(err):  # our own error, perhaps wrapped by Hydra or OmegaConf
         if isinstance(cause, GdlabError):
             return str(cause)
-        cause = cause.__cause__ or cause.__context__
     if isinstance(err, MissingConfigException):
         missing = err.missing_cfg_file or ""
         if "/" in missing and err.options is not None:

@@ -232,9 +232,10 @@ def cannot_connect(address: str, err: BaseException) -> str:
     token the cluster does not accept)."""
     from ray.exceptions import AuthenticationError
 
+    from gdlab.errors import causes
+
     line = f"cannot connect to the Ray cluster at {address} (hydra.launcher.ray.init.address)"
-    cause: BaseException | None = err
-    while cause is not None:
+    for cause in causes(err):
         if isinstance(cause, AuthenticationError):
             # Ray enables token authentication on a head that finds ~/.ray/auth_token, but a
             # driver given an explicit address uses a token only when told to
@@ -242,7 +243,6 @@ def cannot_connect(address: str, err: BaseException) -> str:
                 f"{line}: it uses token authentication; set RAY_AUTH_MODE=token, with the "
                 "cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN"
             )
-        cause = cause.__cause__ or cause.__context__
     return f"{line}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
 
 
