@@ -53,6 +53,25 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
+def start_training(
+    *args: str, cwd: Path | None = None, first_line: str = "on cpu"
+) -> subprocess.Popen[str]:
+    """Start the real `gdlab ARGS` in a subprocess that trains until stopped; returns once its
+    first line (`<objective> on cpu, ...`, containing `first_line`) is out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gdlab", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first_line in first, first + (proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gdlab.checkpoint import CHECKPOINT_NAME
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_training
 from tests.test_resume import comparable, scalars
 
 pytestmark = pytest.mark.slow
@@ -33,17 +32,8 @@ LONG_RUN = [
 
 def start(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
     """Start a long run and return once it is training (its first line is out)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gdlab", *LONG_RUN, *extra, f"hydra.run.dir={run_dir}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "linear_regression on cpu" in first, first + proc.stderr.read()
-    return proc
+    args = (*LONG_RUN, *extra, f"hydra.run.dir={run_dir}")
+    return start_training(*args, first_line="linear_regression on cpu")
 
 
 def metrics(run_dir: Path) -> dict:

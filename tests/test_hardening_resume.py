@@ -31,7 +31,7 @@ from gdlab.config import config_dir
 from gdlab.errors import GdlabError
 from gdlab.experiment import run_experiment
 from gdlab.resume import prepare_resume
-from tests.conftest import compose_config, read_metrics, run_cli
+from tests.conftest import compose_config, read_metrics, run_cli, start_training
 from tests.test_resume import StopAfter, comparable, scalars
 
 QUICK = ["trainer.progress=false", "trainer.steps=40", "trainer.log_every=1"]
@@ -205,18 +205,7 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
 
 def start_long_run(*args: str, cwd: Path) -> subprocess.Popen[str]:
     """A command that trains until stopped; returns once its first line is out."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gdlab", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    assert "quadratic on cpu" in first, first + proc.stderr.read()
-    return proc
+    return start_training(*args, cwd=cwd, first_line="quadratic on cpu")
 
 
 def wait_for(path: Path, timeout: float = 60) -> None:
