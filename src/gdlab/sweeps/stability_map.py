@@ -653,8 +653,9 @@ def draw_stability_map_columns(
 ) -> Path | None:
     """stability_map.png in `sweep_dir` from a sweep's columns (see `plan_stability_map`).
     Returns the path, or None where the sweep is not a two-axis grid; never raises."""
-    try:
-        plan = plan_stability_map(
+    return write_map(
+        sweep_dir,
+        lambda: plan_stability_map(
             columns,
             status,
             excess,
@@ -662,7 +663,15 @@ def draw_stability_map_columns(
             final_loss=final_loss,
             job_dir=job_dir,
             problem=problem,
-        )
+        ),
+    )
+
+
+def write_map(sweep_dir: Path, plan_of: Callable[[], MapPlan | None]) -> Path | None:
+    """stability_map.png in `sweep_dir` from the plan `plan_of` makes; None where there is no
+    plan (not a two-axis sweep) or the picture could not be drawn (a warning says why)."""
+    try:
+        plan = plan_of()
         if plan is None:
             return None
         path = Path(sweep_dir) / STABILITY_MAP
@@ -770,16 +779,7 @@ def draw_stability_map(sweep_dir: Path, rows: Sequence[JobRow]) -> Path | None:
     """stability_map.png of a sweep from its rows (`gdlab.sweeps.summary.collect_jobs`):
     see `plan_stability_map`. Returns its path, or None (not a two-axis sweep, or a picture
     that could not be drawn: a warning says why)."""
-    try:
-        plan = plan_from_rows(sweep_dir, rows)
-        if plan is None:
-            return None
-        path = Path(sweep_dir) / STABILITY_MAP
-        write_bytes_atomic(path, png_bytes(plan.figure()))
-        return path
-    except Exception as err:  # a picture is a view of the results, never a reason to fail
-        log.warning("gdlab: skipped %s: %s: %s", STABILITY_MAP, type(err).__name__, err)
-        return None
+    return write_map(sweep_dir, lambda: plan_from_rows(sweep_dir, rows))
 
 
 def plan_from_rows(sweep_dir: Path, rows: Sequence[JobRow]) -> MapPlan | None:
